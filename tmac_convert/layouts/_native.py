@@ -1,0 +1,12 @@
+"""Loads the compiled layout module, or None when it was not built (the numpy path is used then)."""
+
+from __future__ import annotations
+
+import os
+
+try:  # pragma: no cover - which branch runs depends on the build
+    if os.environ.get("TMAC_CONVERT_NO_NATIVE"):
+        raise ImportError("disabled by TMAC_CONVERT_NO_NATIVE")
+    from .. import _layout_native as native
+except ImportError:  # pragma: no cover
+    native = None

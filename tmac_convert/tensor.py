@@ -1,0 +1,110 @@
+"""The intermediate form every reader yields and every layout consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import TmacError
+
+SUPPORTED_BITS = (1, 2, 3, 4)
+
+
+@dataclass
+class QuantTensor:
+    """A quantised weight matrix in T-MAC's value convention.
+
+    Attributes:
+        name: tensor name (GGUF naming once a reader has mapped it).
+        codes: uint8 ``[M0, K]``, values in ``[0, 2**bits)``; the implicit zero is ``2**(bits-1)``.
+        scales: float ``[M0, K // group_size]`` group scales, or float ``[1]`` for one
+            scale per tensor (BitNet; then ``group_size == K``).
+        zeros: optional float, same shape as a 2-D ``scales``: T-MAC zero offsets
+            ``z' = (z - 2**(bits-1)) * s``.
+        bits: 1, 2, 3 or 4.
+        group_size: weights per scale along K (``K`` for per-channel and per-tensor scales).
+
+    The dequantised weight is ``W[m, k] = (codes[m, k] - 2**(bits-1)) * s[m, g] - z'[m, g]`` with
+    ``g = k // group_size`` (``s = scales[0]`` and no ``z'`` for a per-tensor scale).
+    """
+
+    name: str
+    codes: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray | None = None
+    bits: int = 2
+    group_size: int = 128
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(M0, K)``: output and input features."""
+        return (int(self.codes.shape[0]), int(self.codes.shape[1]))
+
+    @property
+    def per_tensor_scale(self) -> bool:
+        """True when one scale covers the whole tensor (the BitNet case)."""
+        return self.scales.ndim == 1
+
+    def _fail(self, message: str, rule: str) -> None:
+        raise TmacError(message, tensor=self.name, rule=rule)
+
+    def validate(self) -> None:
+        """Check every invariant of the intermediate form; raise :class:`TmacError` naming the tensor."""
+        if self.bits not in SUPPORTED_BITS:
+            self._fail(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}", "bits")
+        codes = self.codes
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:
+            self._fail(f"codes must be a 2-D uint8 array, got {getattr(codes, 'dtype', type(codes))} "
+                       f"with shape {getattr(codes, 'shape', None)}", "codes dtype")
+        m0, k = codes.shape
+        if m0 == 0 or k == 0:
+            self._fail(f"codes shape {codes.shape} is empty", "codes shape")
+        if codes.size and int(codes.max()) >= (1 << self.bits):
+            self._fail(f"code {int(codes.max())} out of range [0, {1 << self.bits}) for {self.bits}-bit",
+                       "code range")
+        s = self.scales
+        if not isinstance(s, np.ndarray) or s.dtype.kind != "f":
+            self._fail(f"scales must be a float array, got {getattr(s, 'dtype', type(s))}", "scales dtype")
+        if s.ndim == 1:
+            if s.shape != (1,):
+                self._fail(f"a per-tensor scale must have shape (1,), got {s.shape}", "scales shape")
+            if self.zeros is not None:
+                self._fail("zero offsets are not supported with a per-tensor scale", "zeros with per-tensor scale")
+            if self.group_size != k:
+                self._fail(f"a per-tensor scale needs group_size == K ({k}), got {self.group_size}", "group size")
+        elif s.ndim == 2:
+            if self.group_size <= 0 or k % self.group_size:
+                self._fail(f"group size {self.group_size} does not divide K = {k}", "K % group_size == 0")
+            want = (m0, k // self.group_size)
+            if s.shape != want:
+                self._fail(f"scales shape {s.shape} != {want} for codes {codes.shape} and group size "
+                           f"{self.group_size}", "scales shape")
+        else:
+            self._fail(f"scales must be 1-D or 2-D, got {s.ndim}-D", "scales shape")
+        if not np.all(np.isfinite(s)):
+            self._fail("scales contain NaN or infinity", "finite scales")
+        if self.zeros is not None:
+            z = self.zeros
+            if not isinstance(z, np.ndarray) or z.dtype.kind != "f" or z.shape != s.shape:
+                self._fail(f"zeros must be a float array of shape {s.shape}, got "
+                           f"{getattr(z, 'dtype', type(z))} {getattr(z, 'shape', None)}", "zeros shape")
+            if not np.all(np.isfinite(z)):
+                self._fail("zeros contain NaN or infinity", "finite zeros")
+
+    def dequantize(self, dtype: np.dtype = np.float32) -> np.ndarray:
+        """The float weight ``[M0, K]`` this tensor stands for, computed in float64 and cast to ``dtype``."""
+        q = self.codes.astype(np.float64) - float(1 << (self.bits - 1))
+        m0, k = self.shape
+        if self.per_tensor_scale:
+            w = q * float(self.scales[0])
+        else:
+            s = np.repeat(self.scales.astype(np.float64), self.group_size, axis=1)
+            w = q * s
+            if self.zeros is not None:
+                w -= np.repeat(self.zeros.astype(np.float64), self.group_size, axis=1)
+        return w.astype(dtype, copy=False)
