@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Gather bit 0 of each of the 4 bytes of x into a nibble (byte t -> bit t). */
@@ -39,8 +40,9 @@ static inline uint32_t load4(const uint8_t *p) {
     return v;
 }
 
-static void pack_tiles(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
+static uint32_t pack_tiles_scalar(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
                        int64_t kfactor, int64_t t0, int64_t t1) {
+    uint32_t seen = 0;
     const int64_t KO = K / (4 * kfactor);
     const int64_t nB = bm / 32;
     const int64_t tile_bytes = K * bm / 8;
@@ -60,17 +62,129 @@ static void pack_tiles(const uint8_t *w, uint8_t *out, int64_t K, int bits, int6
                     const uint8_t *pa = wa + ko * kfactor * 4;
                     const uint8_t *pb = wb + ko * kfactor * 4;
                     for (int64_t ki = 0; ki < kfactor; ++ki) {
-                        uint32_t lo = gather4(load4(pa + 4 * ki) >> ia);
-                        uint32_t hi = gather4(load4(pb + 4 * ki) >> ib);
+                        uint32_t va = load4(pa + 4 * ki), vb = load4(pb + 4 * ki);
+                        seen |= va | vb;
+                        uint32_t lo = gather4(va >> ia);
+                        uint32_t hi = gather4(vb >> ib);
                         oo[ki * 16] = (uint8_t)(lo | (hi << 4));
                     }
                 }
             }
         }
     }
+    return (seen | seen >> 8 | seen >> 16 | seen >> 24) & 0xFFu;
 }
 
-static void unpack_tiles(const uint8_t *blob, uint8_t *w, int64_t K, int bits, int64_t bm,
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define HAVE_SIMD_PACK 1
+
+/* Nibbles of one row for n (a multiple of 4, at most 16) consecutive LUT groups: nibble g holds
+   bit `plane` of codes 4g..4g+3.  movemask collects bit 7 of every byte, so shifting bit `plane`
+   up to bit 7 gathers one nibble per 4 codes. */
+static inline uint64_t row_nibbles(const uint8_t *p, int n, __m128i shift, __m128i *seen) {
+    uint64_t r = 0;
+    for (int q = 0; q < n / 4; ++q) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(p + 16 * q));
+        *seen = _mm_or_si128(*seen, x);
+        __m128i v = _mm_sll_epi16(x, shift);
+        r |= (uint64_t)(unsigned)(_mm_movemask_epi8(v) & 0xFFFF) << (16 * q);
+    }
+    return r;
+}
+
+/* byte g = nibble g of a | nibble g of b << 4, for g = 0..15. */
+static inline __m128i merge_nibbles(uint64_t a, uint64_t b) {
+    const __m128i lo4 = _mm_set1_epi8(0x0F);
+    __m128i va = _mm_cvtsi64_si128((long long)a), vb = _mm_cvtsi64_si128((long long)b);
+    __m128i ea = _mm_unpacklo_epi8(_mm_and_si128(va, lo4), _mm_and_si128(_mm_srli_epi16(va, 4), lo4));
+    __m128i eb = _mm_unpacklo_epi8(_mm_and_si128(vb, lo4), _mm_and_si128(_mm_srli_epi16(vb, 4), lo4));
+    return _mm_or_si128(ea, _mm_slli_epi16(eb, 4)); /* eb bytes are < 16: no carry across bytes */
+}
+
+/* Four rounds of pairwise unpacking (register i with i+8, widths 1, 2, 4, 8 bytes) transpose a
+   16x16 byte matrix whose rows were loaded in bit-reversed order: afterwards r[c] is column c. */
+static inline void transpose16_bitrev(__m128i r[16]) {
+    __m128i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+        t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[2 * i] = _mm_unpacklo_epi16(t[i], t[i + 8]);
+        r[2 * i + 1] = _mm_unpackhi_epi16(t[i], t[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm_unpacklo_epi32(r[i], r[i + 8]);
+        t[2 * i + 1] = _mm_unpackhi_epi32(r[i], r[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[2 * i] = _mm_unpacklo_epi64(t[i], t[i + 8]);
+        r[2 * i + 1] = _mm_unpackhi_epi64(t[i], t[i + 8]);
+    }
+}
+
+static const int BITREV4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+/* Same bytes as pack_tiles_scalar, for kfactor % 4 == 0: per 32-row block and K step, the 16
+   output rows (l) x kfactor bytes (ki) are built row by row, then transposed in registers into the
+   kfactor x 16 order the kernel reads. */
+static uint32_t pack_tiles_sse2(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
+                            int64_t kfactor, int64_t t0, int64_t t1) {
+    __m128i seen = _mm_setzero_si128();
+    const int64_t KO = K / (4 * kfactor);
+    const int64_t nB = bm / 32;
+    const int64_t tile_bytes = K * bm / 8;
+    const int64_t ko_stride = nB * kfactor * 16;
+    for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t B = 0; B < nB; ++B) {
+            const uint8_t *wa[16], *wb[16];
+            __m128i sa[16], sb[16];
+            for (int l = 0; l < 16; ++l) {
+                int64_t ma, mb;
+                int ia, ib;
+                row_of(t * bm + B * 32 + l, bits, &ma, &ia);
+                row_of(t * bm + B * 32 + 16 + l, bits, &mb, &ib);
+                wa[l] = w + ma * K;
+                wb[l] = w + mb * K;
+                sa[l] = _mm_cvtsi32_si128(7 - ia);
+                sb[l] = _mm_cvtsi32_si128(7 - ib);
+            }
+            uint8_t *o = out + t * tile_bytes + B * kfactor * 16;
+            for (int64_t ko = 0; ko < KO; ++ko) {
+                for (int64_t c = 0; c < kfactor; c += 16) {
+                    const int n = (int)(kfactor - c < 16 ? kfactor - c : 16);
+                    const int64_t off = (ko * kfactor + c) * 4;
+                    __m128i r[16];
+                    for (int l = 0; l < 16; ++l)
+                        r[BITREV4[l]] = merge_nibbles(row_nibbles(wa[l] + off, n, sa[l], &seen),
+                                                      row_nibbles(wb[l] + off, n, sb[l], &seen));
+                    transpose16_bitrev(r);
+                    uint8_t *oo = o + ko * ko_stride + c * 16;
+                    for (int ki = 0; ki < n; ++ki) _mm_storeu_si128((__m128i *)(oo + 16 * ki), r[ki]);
+                }
+            }
+        }
+    }
+    uint8_t b[16];
+    _mm_storeu_si128((__m128i *)b, seen);
+    uint32_t any = 0;
+    for (int i = 0; i < 16; ++i) any |= b[i];
+    return any;
+}
+#endif
+
+/* Returns the OR of every code it read, so the caller can check the code range for free. */
+static uint32_t pack_tiles(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
+                           int64_t kfactor, int64_t t0, int64_t t1) {
+#ifdef HAVE_SIMD_PACK
+    if (kfactor % 4 == 0 && !getenv("TMAC_CONVERT_SCALAR_LAYOUT"))
+        return pack_tiles_sse2(w, out, K, bits, bm, kfactor, t0, t1);
+#endif
+    return pack_tiles_scalar(w, out, K, bits, bm, kfactor, t0, t1);
+}
+
+static uint32_t unpack_tiles(const uint8_t *blob, uint8_t *w, int64_t K, int bits, int64_t bm,
                          int64_t kfactor, int64_t t0, int64_t t1) {
     const int64_t KO = K / (4 * kfactor);
     const int64_t nB = bm / 32;
@@ -103,9 +217,10 @@ static void unpack_tiles(const uint8_t *blob, uint8_t *w, int64_t K, int bits, i
             }
         }
     }
+    return 0;
 }
 
-typedef void (*tile_fn)(const uint8_t *, uint8_t *, int64_t, int, int64_t, int64_t, int64_t, int64_t);
+typedef uint32_t (*tile_fn)(const uint8_t *, uint8_t *, int64_t, int, int64_t, int64_t, int64_t, int64_t);
 
 /* Shared argument handling: (src, dst, M0, K, bits, bm, kfactor, tile_begin, tile_end). */
 static PyObject *run_tiles(PyObject *args, tile_fn fn, int src_is_codes) {
@@ -128,11 +243,11 @@ static PyObject *run_tiles(PyObject *args, tile_fn fn, int src_is_codes) {
         PyErr_SetString(PyExc_ValueError, "layout: buffer too small for the given shape");
         goto done;
     }
+    uint32_t seen;
     Py_BEGIN_ALLOW_THREADS
-    fn((const uint8_t *)src.buf, (uint8_t *)dst.buf, K, bits, bm, kfactor, t0, t1);
+    seen = fn((const uint8_t *)src.buf, (uint8_t *)dst.buf, K, bits, bm, kfactor, t0, t1);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = PyLong_FromUnsignedLong(seen);
 done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
@@ -144,8 +259,9 @@ static PyObject *py_unpack(PyObject *self, PyObject *args) { return run_tiles(ar
 
 static PyMethodDef methods[] = {
     {"pack_weights", py_pack, METH_VARARGS,
-     "pack_weights(codes, out, M0, K, bits, bm, kfactor, tile_begin, tile_end): codes uint8 [M0*K] "
-     "-> Format A weight bytes of tiles [tile_begin, tile_end) written into out."},
+     "pack_weights(codes, out, M0, K, bits, bm, kfactor, tile_begin, tile_end) -> int: codes uint8 "
+     "[M0*K] -> Format A weight bytes of tiles [tile_begin, tile_end) written into out; returns the OR "
+     "of every code of those tiles (for the range check)."},
     {"unpack_weights", py_unpack, METH_VARARGS,
      "unpack_weights(blob, codes, M0, K, bits, bm, kfactor, tile_begin, tile_end): OR the codes of "
      "tiles [tile_begin, tile_end) into the zero-initialised uint8 [M0*K] buffer codes."},

@@ -7,13 +7,11 @@ scales (and interleaved zero offsets) as float32 little-endian.  :func:`pack` bu
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..errors import LayoutError
 from .constraints import check_layout
+from ..parallel import cpu_count, run_ranges
 from ._native import native
 
 _LE_F32 = np.dtype("<f4")
@@ -70,16 +68,23 @@ def unpack_weights_numpy(weights: np.ndarray, m0: int, k: int, bits: int, bm: in
 # ---------------------------------------------------------------------------------------------
 # scales and zeros (section 1.3)
 
-def permute_scales(scales: np.ndarray, zeros: np.ndarray | None, bits: int, bm: int) -> np.ndarray:
-    """Group scales ``[M0, G]`` (and zeros) -> float32 ``[scales_size]`` in tile order, 8 scales then 8 zeros."""
+def permute_scales(scales: np.ndarray, zeros: np.ndarray | None, bits: int, bm: int,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Group scales ``[M0, G]`` (and zeros) -> float32 ``[scales_size]`` in tile order, 8 scales then 8 zeros.
+
+    Written into ``out`` (float32, ``scales_size`` values) when given.
+    """
     m0, g = scales.shape
     p = bm // bits  # outputs per tile
-    s = scales.astype(_LE_F32).reshape(m0 // p, p, g).transpose(0, 2, 1)            # [tile, G, P]
+    if out is None:
+        out = np.empty(m0 * g * (1 if zeros is None else 2), dtype=_LE_F32)
     if zeros is None:
-        return s.reshape(-1)
-    z = zeros.astype(_LE_F32).reshape(m0 // p, p, g).transpose(0, 2, 1)
-    both = np.stack([s.reshape(m0 // p, g, p // 8, 8), z.reshape(m0 // p, g, p // 8, 8)], axis=-2)
-    return both.reshape(-1)
+        out.reshape(m0 // p, g, p)[...] = scales.reshape(m0 // p, p, g).transpose(0, 2, 1)
+        return out
+    both = out.reshape(m0 // p, g, p // 8, 2, 8)
+    both[:, :, :, 0, :] = scales.reshape(m0 // p, p // 8, 8, g).transpose(0, 3, 1, 2)
+    both[:, :, :, 1, :] = zeros.reshape(m0 // p, p // 8, 8, g).transpose(0, 3, 1, 2)
+    return out
 
 
 def unpermute_scales(flat: np.ndarray, m0: int, g: int, bits: int, bm: int, zero_point: bool):
@@ -97,24 +102,24 @@ def unpermute_scales(flat: np.ndarray, m0: int, g: int, bits: int, bm: int, zero
 # ---------------------------------------------------------------------------------------------
 # public API
 
-def _threads(threads: int | None, nbytes: int, ntiles: int) -> int:
+def _threads(threads: int | None, nbytes: int) -> int:
     if nbytes < _PARALLEL_MIN_BYTES:
         return 1
-    n = (os.cpu_count() or 1) if threads is None else threads
-    return max(1, min(int(n), ntiles))
+    return max(1, cpu_count() if threads is None else int(threads))
 
 
 def _run_tiles(fn, src: np.ndarray, dst: np.ndarray, m0: int, k: int, bits: int, bm: int, kfactor: int,
-               threads: int) -> None:
-    ntiles = m0 * bits // bm
-    if threads <= 1:
-        fn(src, dst, m0, k, bits, bm, kfactor, 0, ntiles)
-        return
-    edges = np.linspace(0, ntiles, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        for f in [pool.submit(fn, src, dst, m0, k, bits, bm, kfactor, int(a), int(b))
-                  for a, b in zip(edges[:-1], edges[1:]) if b > a]:
-            f.result()
+               threads: int) -> int:
+    """Run a native tile function over all tiles, split across ``threads``; returns the OR of the results."""
+    seen = 0
+    for r in run_ranges(lambda a, b: fn(src, dst, m0, k, bits, bm, kfactor, a, b), m0 * bits // bm, threads):
+        seen |= r
+    return seen
+
+
+def _range_error(codes: np.ndarray, bits: int, name: str | None) -> LayoutError:
+    return LayoutError(f"codes must lie in [0, {1 << bits}) for {bits}-bit, found max {int(codes.max())}",
+                       tensor=name, rule="code range")
 
 
 def _as_codes(codes: np.ndarray, bits: int, name: str | None) -> np.ndarray:
@@ -128,9 +133,6 @@ def _as_codes(codes: np.ndarray, bits: int, name: str | None) -> np.ndarray:
             raise LayoutError(f"codes must lie in [0, {1 << bits}) for {bits}-bit, found "
                               f"[{codes.min()}, {codes.max()}]", tensor=name, rule="code range")
         codes = codes.astype(np.uint8)
-    elif codes.size and int(codes.max()) >= 1 << bits:
-        raise LayoutError(f"codes must lie in [0, {1 << bits}) for {bits}-bit, found max {int(codes.max())}",
-                          tensor=name, rule="code range")
     return np.ascontiguousarray(codes)
 
 
@@ -181,15 +183,20 @@ def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None,
     nscales = 1 if per_tensor else scales_count(m0, k, group_size, zeros is not None)
     blob = np.empty(wbytes + 4 * nscales, dtype=np.uint8)
     if native is not None:
-        _run_tiles(native.pack_weights, codes, blob, m0, k, bits, bm, kfactor,
-                   _threads(threads, wbytes, m0 * bits // bm))
+        # The native pack reports the OR of all codes it read: the range check costs nothing extra.
+        seen = _run_tiles(native.pack_weights, codes, blob, m0, k, bits, bm, kfactor,
+                          _threads(threads, wbytes))
+        if seen >> bits:
+            raise _range_error(codes, bits, name)
     else:
+        if int(codes.max()) >> bits:
+            raise _range_error(codes, bits, name)
         blob[:wbytes] = pack_weights_numpy(codes, bits, bm, kfactor)
     tail = blob[wbytes:].view(_LE_F32)
     if per_tensor:
-        tail[:] = scales.astype(_LE_F32)
+        tail[:] = scales
     else:
-        tail[:] = permute_scales(scales, zeros, bits, bm)
+        permute_scales(scales, zeros, bits, bm, out=tail)
     return blob
 
 
@@ -227,7 +234,7 @@ def unpack(blob: np.ndarray, *, m: int, k: int, bits: int, group_size: int, zero
     if native is not None:
         codes = np.zeros((m, k), dtype=np.uint8)
         _run_tiles(native.unpack_weights, weights, codes, m, k, bits, bm, kfactor,
-                   _threads(threads, wbytes, m * bits // bm))
+                   _threads(threads, wbytes))
     else:
         codes = unpack_weights_numpy(weights, m, k, bits, bm, kfactor)
     tail = blob[wbytes:].view(_LE_F32).astype(np.float32)

@@ -133,12 +133,9 @@ class Kcfg:
                         f"{hint}", tensor=tensor, file=self.source, rule="kcfg section for shape and bits")
 
     def to_ini(self) -> str:
-        """The file text in T-MAC's own layout (``key = value``, a blank line between sections)."""
-        blocks = []
-        for e in self.entries:
-            lines = [f"[{e.section}]"] + [f"{f} = {getattr(e, f)}" for f in FIELDS]
-            blocks.append("\n".join(lines) + "\n")
-        return "\n".join(blocks)
+        """The file text in T-MAC's own layout (configparser's: ``key = value``, a blank line after each section)."""
+        return "".join("\n".join([f"[{e.section}]"] + [f"{f} = {getattr(e, f)}" for f in FIELDS]) + "\n\n"
+                       for e in self.entries)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_ini())
