@@ -11,6 +11,7 @@ from .errors import LayoutError, TmacError, VerificationError
 from .layouts import (Kcfg, KernelConfig, TileConfig, blob_nbytes, default_tiles, load_kcfg, load_preset, pack,
                       preset_names, unpack)
 from .tensor import QuantTensor
+from .readers import read
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,348 @@
-"""Command line: a thin typer layer over the library."""
+"""Command line: a thin typer layer over the library.
+
+    tmac-convert SOURCE [--bits 2 --group 128 --zero-point] [--out F] [--format gguf|npz] ...
+    tmac-convert inspect FILE [--json]
+    tmac-convert verify FILE [--source SRC] [--json]
+    tmac-convert tune SOURCE [--out kcfg.ini]
+
+The bare form is the ``convert`` command (``tmac-convert convert SOURCE`` is the same).
+
+Exit codes: 0 success; 1 verification failed (a converted tensor does not compute what its source
+computed, or ``verify`` found a mismatch); 2 bad input or usage (unreadable source, kcfg mismatch,
+existing output without --force, unknown option...); 130 interrupted.  Errors are one line on
+stderr; set TMAC_CONVERT_TRACEBACK=1 to see the traceback of an unexpected error.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Convert low-bit LLM checkpoints to T-MAC's layout.")
+from .errors import TmacError
+
+EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+TRACEBACK_ENV = "TMAC_CONVERT_TRACEBACK"
+EPILOG = ("Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted. "
+          f"Set {TRACEBACK_ENV}=1 to show tracebacks of unexpected errors.")
 
 
-def main() -> None:
-    app()
+class _DefaultToConvert(TyperGroup):
+    """A group whose first argument, when it is not a command name, starts the ``convert`` command."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_DefaultToConvert, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG,
+                  help="Convert low-bit LLM checkpoints (GPTQ, BitNet b1.58, GGUF) to T-MAC's LUT-kernel layout.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"tmac-convert {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Show the version and exit.")) -> None:
+    """Convert low-bit LLM checkpoints (GPTQ, BitNet b1.58, GGUF) to T-MAC's LUT-kernel layout."""
+
+
+class OutFormat(str, Enum):
+    gguf = "gguf"
+    npz = "npz"
+
+
+class RuntimeName(str, Enum):
+    tmac = "tmac"
+    aug2024 = "aug2024"
+
+
+def _err(message: str) -> None:
+    typer.echo(f"tmac-convert: error: {message}", err=True)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every failure into one line on stderr and an exit code (see the module docstring)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except TmacError as e:
+        _err(" ".join(str(e).split()))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _err("interrupted; no output was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback by default
+        if os.environ.get(TRACEBACK_ENV):
+            traceback.print_exc()
+        first = (str(e).splitlines() or [""])[0]
+        _err(f"unexpected {type(e).__name__}: {first} (set {TRACEBACK_ENV}=1 for the traceback)")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _reader_options(gptq_format: str | None, act_order: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if gptq_format is not None:
+        opts["gptq_format"] = gptq_format
+    if act_order is not None:
+        opts["act_order"] = act_order
+    return opts
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _progress_bar(enabled: bool):
+    """A rich progress bar over tensors with bytes/s on stderr, or ``(None, None)`` when not on a terminal."""
+    if not enabled:
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    prog = Progress(TextColumn("{task.description:<32}"), BarColumn(),
+                    TextColumn("{task.fields[done]}/{task.fields[count]} tensors"), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    state: dict[str, Any] = {}
+
+    def update(u) -> None:
+        # the task counts output bytes, so the speed column shows bytes/s; the tensor count is a field
+        if "task" not in state:
+            state["task"] = prog.add_task("converting", total=u.bytes_total, done=0, count=u.total)
+        prog.update(state["task"], completed=u.bytes_done, description=u.name[-32:], done=u.done)
+
+    return prog, update
+
+
+def _summary(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{report.source} -> {report.out}", show_footer=True)
+    t.add_column("type", footer="total")
+    t.add_column("tensors", justify="right", footer=str(len(report.tensors)))
+    t.add_column("source", justify="right", footer=_fmt_bytes(report.src_nbytes))
+    t.add_column("output", justify="right", footer=_fmt_bytes(report.out_nbytes))
+    for typ, d in sorted(report.by_type().items()):
+        t.add_row(typ, str(d["tensors"]), _fmt_bytes(d["src_nbytes"]), _fmt_bytes(d["out_nbytes"]))
+    con.print(t)
+    worst = report.worst
+    lines = [f"compression vs float16: {report.compression:.2f}x ({_fmt_bytes(report.f16_nbytes)} -> "
+             f"{_fmt_bytes(report.out_nbytes)})",
+             "verification: " + ("skipped (--no-verify)" if not report.verified else
+                                 "no quantised tensors" if worst is None else
+                                 f"all passed; worst NMSE {worst.nmse:.3g} ({worst.name}), max abs error "
+                                 f"{max(x.max_abs_err for x in report.tensors if x.max_abs_err is not None):.3g}"),
+             f"time: {report.seconds:.2f} s ({_fmt_bytes(report.src_nbytes / max(report.seconds, 1e-9))}/s of "
+             f"source, {report.threads} threads)",
+             f"runtime: {report.runtime}; tiles: {report.kcfg_from}" +
+             (f"; kcfg written to {report.kcfg_out}" if report.kcfg_out else "")]
+    for line in lines + [f"note: {n}" for n in report.notes]:
+        con.print(line, highlight=False, markup=False)
+
+
+@app.command("convert", epilog=EPILOG)
+def convert_cmd(
+    source: str = typer.Argument(..., help="Local folder or file, or a Hugging Face repo id (org/name)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: <name>.tmac.gguf here)."),
+    format: OutFormat = typer.Option(OutFormat.gguf, "--format", "-f", help="Output container."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Weight bits: checked against a quantised source, "
+                                       "chosen for a float one."),
+    group: Optional[int] = typer.Option(None, "--group", help="Group size (-1: one group per row): checked or chosen."),
+    zero_point: Optional[bool] = typer.Option(None, "--zero-point/--no-zero-point",
+                                              help="Zero points: checked or chosen."),
+    kcfg: Optional[Path] = typer.Option(None, "--kcfg", help="T-MAC kcfg.ini giving the tiles (checked first)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A bundled kcfg preset (see `tune --list-presets`)."),
+    runtime: RuntimeName = typer.Option(RuntimeName.tmac, "--runtime",
+                                        help="tmac: T-MAC's pinned fork (ids 36-39); aug2024: the Aug 2024 fork (30-33)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Worker threads (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the kernel-level check of each tensor."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    gptq_format: Optional[str] = typer.Option(None, "--gptq-format", help="Force GPTQ zero convention: v1 or v2."),
+    act_order: Optional[str] = typer.Option(None, "--act-order", help="GPTQ act-order layers: refuse or requantize."),
+    act_group: Optional[int] = typer.Option(None, "--act-group", help="Kernel activation group size (-1: K)."),
+    tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre",
+                                                help="tokenizer.ggml.pre when it cannot be recognised."),
+) -> None:
+    """Convert SOURCE to a T-MAC GGUF (or npz) file, verifying every quantised tensor."""
+    from .convert import convert
+
+    with _errors():
+        prog, update = _progress_bar(sys.stderr.isatty() and not json_out)
+        kwargs = dict(format=format.value, bits=bits, group_size=group, zero_point=zero_point, kcfg=kcfg,
+                      preset=preset, runtime=runtime.value, threads=threads, force=force, verify=not no_verify,
+                      act_group_size=act_group, tokenizer_pre=tokenizer_pre, progress=update,
+                      **_reader_options(gptq_format, act_order))
+        if prog is not None:
+            with prog:
+                report = convert(source, out, **kwargs)
+        else:
+            report = convert(source, out, **kwargs)
+        if json_out:
+            typer.echo(json.dumps(report.to_dict(), indent=1))
+        else:
+            _summary(report)
+
+
+@app.command("inspect", epilog=EPILOG)
+def inspect_cmd(
+    file: Path = typer.Argument(..., help="A GGUF file or a tmac-convert npz."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    full: bool = typer.Option(False, "--full", help="Show metadata arrays and long strings in full."),
+) -> None:
+    """Show what FILE holds: tensors, types (T-MAC ids read correctly), tiles, sizes, metadata."""
+    from .describe import describe_file
+
+    with _errors():
+        d = describe_file(file, full_metadata=full)
+        if json_out:
+            typer.echo(json.dumps(d, indent=1, default=str))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        rt = d.get("runtime")
+        con.print(f"{d['file']}: {d['container']}, {_fmt_bytes(d['file_size'])}, architecture "
+                  f"{d.get('architecture')}" + (f", runtime {rt['name']}" if rt else ""), markup=False)
+        if d.get("tmac"):
+            tm = d["tmac"]
+            con.print("T-MAC: " + ", ".join(f"{k} {tm[k]}" for k in ("bits", "group_size", "zero_point", "one_scale",
+                                                                       "act_group_size") if k in tm), markup=False)
+        meta = Table(title="metadata")
+        meta.add_column("key")
+        meta.add_column("value", overflow="fold")
+        for k, v in d["metadata"].items():
+            if k == "tmac.kcfg" and d.get("tmac"):
+                v = f"<kcfg.ini: {d['tmac']['kcfg'].count('[qgemm_lut')} sections; see --json>"
+            meta.add_row(k, str(v))
+        con.print(meta)
+        t = Table(title=f"{len(d['tensors'])} tensors")
+        for col in ("name", "type", "gguf pkg says", "shape", "bytes", "offset", "bm", "kfactor"):
+            t.add_column(col, justify="right" if col in ("bytes", "offset", "bm", "kfactor") else "left")
+        for x in d["tensors"]:
+            t.add_row(x["name"], x["type"], x.get("gguf_package_type", x.get("encoding", "")),
+                      "x".join(map(str, x["shape"])), str(x.get("nbytes")), str(x.get("offset", "")),
+                      str(x.get("bm", "")), str(x.get("kfactor", "")))
+        con.print(t)
+        for p in d["problems"]:
+            con.print(f"problem: {p}", markup=False)
+
+
+@app.command("verify", epilog=EPILOG)
+def verify_cmd(
+    file: Path = typer.Argument(..., help="A T-MAC GGUF or tmac-convert npz written earlier."),
+    source: Optional[str] = typer.Option(None, "--source", help="The checkpoint it was converted from."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    kcfg: Optional[Path] = typer.Option(None, "--kcfg", help="kcfg.ini of a file without tmac.* keys."),
+    runtime: Optional[RuntimeName] = typer.Option(None, "--runtime", help="Type-id numbering of such a file."),
+    gptq_format: Optional[str] = typer.Option(None, "--gptq-format", help="Reader option for the source."),
+    act_order: Optional[str] = typer.Option(None, "--act-order", help="Reader option for the source."),
+) -> None:
+    """Re-check FILE (structure, kcfg, kernel check; with --source, byte equality). Exit 1 on any mismatch."""
+    from .filecheck import verify_file
+
+    with _errors():
+        fopts: dict[str, Any] = {}
+        if kcfg is not None:
+            fopts["kcfg"] = kcfg
+        if runtime is not None:
+            fopts["runtime"] = runtime.value
+        res = verify_file(file, source, reader_options=_reader_options(gptq_format, act_order), file_options=fopts)
+        if json_out:
+            typer.echo(json.dumps(res.to_dict(), indent=1))
+        else:
+            n = len(res.tensors)
+            if res.ok:
+                worst = res.to_dict()["worst_nmse"]
+                typer.echo(f"{file}: OK, {n} tensors" + (f", worst NMSE {worst:.3g}" if worst is not None else "")
+                           + (", bytes equal the conversion of the source" if source else ""))
+            else:
+                for f in res.failures:
+                    typer.echo(f"FAIL: {f}")
+                typer.echo(f"{file}: {len(res.failures)} problem(s) in {n} tensors")
+        if not res.ok:
+            raise typer.Exit(EXIT_VERIFY)
+
+
+@app.command("tune", epilog=EPILOG)
+def tune_cmd(
+    source: Optional[str] = typer.Argument(None, help="Checkpoint whose quantised shapes to tune."),
+    out: Path = typer.Option(Path("kcfg.ini"), "--out", "-o", help="Where to write the kcfg.ini."),
+    act_group: int = typer.Option(64, "--act-group", help="Activation group size (-1: K)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads to time the kernels with."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing kcfg.ini."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="For a float source: the bits to tune for."),
+    group: Optional[int] = typer.Option(None, "--group", help="For a float source: the group size."),
+    zero_point: Optional[bool] = typer.Option(None, "--zero-point/--no-zero-point", help="For a float source."),
+    gptq_format: Optional[str] = typer.Option(None, "--gptq-format", help="Reader option."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="List the bundled presets and exit."),
+    json_out: bool = typer.Option(False, "--json", help="Print the chosen tiles as JSON."),
+) -> None:
+    """Time the LUT kernels on this machine for SOURCE's shapes and write the fastest tiles as a kcfg.ini."""
+    from .layouts import preset_names
+
+    with _errors():
+        if list_presets:
+            typer.echo("\n".join(preset_names()))
+            return
+        if source is None:
+            raise TmacError("give a SOURCE to tune (or --list-presets)", rule="usage")
+        from .tuning import tune_source
+
+        kc = tune_source(source, out, act_group_size=act_group, threads=threads, force=force,
+                         reader_options={**_reader_options(gptq_format, None),
+                                         **{k: v for k, v in (("bits", bits), ("group_size", group),
+                                                              ("zero_point", zero_point)) if v is not None}})
+        if json_out:
+            typer.echo(json.dumps([{"section": e.section, "bm": e.bm, "kfactor": e.kfactor} for e in kc], indent=1))
+        else:
+            for e in kc:
+                typer.echo(f"{e.section}: bm {e.bm}, kfactor {e.kfactor}")
+            typer.echo(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and exit with its code, never showing a traceback by default."""
+    try:
+        code = app(args=argv, prog_name="tmac-convert", standalone_mode=False)
+    except typer.Exit as e:  # pragma: no cover - typer returns the code in non-standalone mode
+        code = e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - usage errors and anything that escaped a command
+        show = getattr(e, "show", None)
+        if show is not None and hasattr(e, "exit_code"):
+            show()
+            code = e.exit_code
+        else:
+            if os.environ.get(TRACEBACK_ENV):
+                traceback.print_exc()
+            _err(f"unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+            code = EXIT_BAD_INPUT
+    sys.exit(code if isinstance(code, int) else 0)

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import TmacError
 from ..tensor import SUPPORTED_BITS, QuantTensor
 
-_CHUNK_ELEMS = 1 << 22  # rows are processed in blocks of about this many weights (bounded memory)
+_CHUNK_ELEMS = 1 << 19  # rows are processed in blocks of about this many weights (bounded memory)
 
 
 def _resolve_group(name: str, k: int, group_size: int) -> int:
@@ -45,19 +45,21 @@ def _quantize_block(w: np.ndarray, bits: int, gs: int, zero_point: bool
     half = float(1 << (bits - 1))
     if zero_point:
         lo = g.min(axis=2)
-        hi = g.max(axis=2)
-        s = ((hi - lo) / maxq).astype(np.float32)
+        s = ((g.max(axis=2) - lo) / maxq).astype(np.float32)
         s64 = s.astype(np.float64)
         inv = np.divide(1.0, s64, out=np.zeros_like(s64), where=s64 > 0)
-        q = np.rint((g - lo[..., None]) * inv[..., None])
+        q = g - lo[..., None]
+        q *= inv[..., None]
         z = (-lo - half * s64).astype(np.float32)
     else:
-        amax = np.abs(g).max(axis=2)
-        s = (2.0 * amax / maxq).astype(np.float32)
+        s = (2.0 * np.abs(g).max(axis=2) / maxq).astype(np.float32)
         s64 = s.astype(np.float64)
         inv = np.divide(1.0, s64, out=np.zeros_like(s64), where=s64 > 0)
-        q = np.rint(g * inv[..., None]) + half
+        q = g * inv[..., None]
         z = None
+    np.rint(q, out=q)
+    if not zero_point:
+        q += half
     np.clip(q, 0, maxq, out=q)
     return q.astype(np.uint8).reshape(r, k), s, z
 
@@ -103,15 +105,19 @@ def quantize_rtn(name: str, w: np.ndarray, *, bits: int, group_size: int, zero_p
         q, s, z = _quantize_block(blk, bits, gs, zero_point)
         codes[r0:r0 + step] = q
         scales[r0:r0 + step] = s
-        deq = (q.astype(np.float64) - half) * np.repeat(s.astype(np.float64), gs, axis=1)
+        # error of the stored form, computed in place on one float64 block: w - ((q - half) * s - z')
+        diff = q.reshape(len(blk), -1, gs).astype(np.float64)
+        diff -= half
+        diff *= s.astype(np.float64)[..., None]
         if z is not None:
             zeros[r0:r0 + step] = z
-            deq -= np.repeat(z.astype(np.float64), gs, axis=1)
-        diff = blk - deq
-        err2 += float(np.einsum("ij,ij->", diff, diff))
+            diff -= z.astype(np.float64)[..., None]
+        np.subtract(blk.reshape(diff.shape), diff, out=diff)
+        err2 += float(np.einsum("ijk,ijk->", diff, diff))
         ref2 += float(np.einsum("ij,ij->", blk, blk))
         if diff.size:
             max_err = max(max_err, float(np.abs(diff).max()))
+        del diff, q, blk
     qt = QuantTensor(name=name, codes=codes, scales=scales, zeros=zeros, bits=bits, group_size=gs)
     stats = {
         "nmse": err2 / ref2 if ref2 > 0 else 0.0,

@@ -1,0 +1,530 @@
+/*
+ * tmac_convert._lut_native: T-MAC LUT GEMM/GEMV over Format A blobs, the dequantise-then-FMA
+ * baseline, and exact code dot products for verification.
+ *
+ * This file holds the Python binding, the run-time choice of path (scalar, AVX2, NEON) and the
+ * threading; the kernels are in lut_scalar.c, lut_avx2.c and lut_neon.c.
+ *
+ * Threads: the tables of each activation row are built first (rows split over threads), then the
+ * tiles are split into contiguous ranges, one per thread; every output is computed by one thread
+ * with the same sequence of operations whatever the thread count, so results are bit-identical
+ * for any number of threads.  Tiles are the outer loop and activation rows the inner one, so a
+ * tile's weights stay in cache while every row passes over them (GEMM = N GEMVs sharing the
+ * tables of each row).  The GIL is released for the whole computation.
+ *
+ * Arguments are checked again here even though tmac_convert.kernels checks them: a wrong call
+ * must raise ValueError, never read out of bounds.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lut_core.h"
+
+#ifndef _WIN32
+#include <pthread.h>
+#define TMAC_THREADS 1
+#endif
+
+#define MAX_THREADS 256
+
+/* ---------------------------------------------------------------------------------------------
+ * paths */
+
+static int have_avx2(void) {
+#ifdef TMAC_HAVE_AVX2
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static int have_neon(void) {
+#ifdef TMAC_HAVE_NEON
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The path to run: the requested one if this build and CPU have it, the best one for PATH_AUTO;
+ * -1 (with ValueError set) when the requested path is not available. */
+static int choose_path(int requested) {
+    switch (requested) {
+    case PATH_AUTO: return have_avx2() ? PATH_AVX2 : have_neon() ? PATH_NEON : PATH_SCALAR;
+    case PATH_SCALAR: return PATH_SCALAR;
+    case PATH_AVX2: if (have_avx2()) return PATH_AVX2; break;
+    case PATH_NEON: if (have_neon()) return PATH_NEON; break;
+    }
+    PyErr_Format(PyExc_ValueError, "kernel path %d is not available in this build on this CPU", requested);
+    return -1;
+}
+
+typedef void (*build_fn)(const float *, int64_t, int64_t, int64_t, int, void *, float *, float *);
+
+static build_fn build_for(int path) {
+#ifdef TMAC_HAVE_AVX2
+    if (path == PATH_AVX2) return lut_build_avx2;
+#endif
+    (void)path;
+    return lut_build_scalar;
+}
+
+static lut_tile_fn tile_for(int path) {
+#ifdef TMAC_HAVE_AVX2
+    if (path == PATH_AVX2) return lut_tile_avx2;
+#endif
+#ifdef TMAC_HAVE_NEON
+    if (path == PATH_NEON) return lut_tile_neon;
+#endif
+    (void)path;
+    return lut_tile_scalar;
+}
+
+static dq_tile_fn dq_for(int path) {
+#ifdef TMAC_HAVE_AVX2
+    if (path == PATH_AVX2) return dq_tile_avx2;
+#endif
+    (void)path;
+    return dq_tile_scalar;
+}
+
+static ref_fn ref_for(int path) {
+#ifdef TMAC_HAVE_AVX2
+    if (path == PATH_AVX2) return ref_rows_avx2;
+#endif
+    (void)path;
+    return ref_rows_scalar;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * threads: [0, n) split into nt contiguous ranges; fn(ctx, begin, end, thread index) */
+
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end, int tid);
+typedef struct {
+    range_fn fn;
+    void *ctx;
+    int64_t begin, end;
+    int tid;
+} range_job;
+
+static void *range_main(void *arg) {
+    range_job *j = (range_job *)arg;
+    j->fn(j->ctx, j->begin, j->end, j->tid);
+    return NULL;
+}
+
+static int clamp_threads(int nt, int64_t n) {
+    if (nt > MAX_THREADS) nt = MAX_THREADS;
+    if (nt > n) nt = (int)n;
+    return nt < 1 ? 1 : nt;
+}
+
+static void parallel_for(int nt, int64_t n, range_fn fn, void *ctx) {
+    nt = clamp_threads(nt, n);
+    range_job jobs[MAX_THREADS];
+    for (int i = 0; i < nt; ++i) {
+        jobs[i].fn = fn;
+        jobs[i].ctx = ctx;
+        jobs[i].begin = n * i / nt;
+        jobs[i].end = n * (i + 1) / nt;
+        jobs[i].tid = i;
+    }
+#ifdef TMAC_THREADS
+    pthread_t th[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 1; i < nt; ++i) started[i] = pthread_create(&th[i], NULL, range_main, &jobs[i]) == 0;
+    range_main(&jobs[0]);
+    for (int i = 1; i < nt; ++i) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            range_main(&jobs[i]); /* could not start a thread: do its share here */
+    }
+#else
+    for (int i = 0; i < nt; ++i) range_main(&jobs[i]); /* no threads on this platform */
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * checks shared by the entry points */
+
+static int check_problem(lut_problem *p, Py_ssize_t blob_len, int need_ags) {
+    const int64_t b = p->bits;
+#define FAIL(msg) do { PyErr_SetString(PyExc_ValueError, "lut: " msg); return -1; } while (0)
+    if (b < 1 || b > 4) FAIL("bits must be 1..4");
+    if (p->m0 <= 0 || p->m0 % 8 || p->k <= 0) FAIL("M0 must be a positive multiple of 8 and K positive");
+    if (p->bm <= 0 || p->bm % 32 || p->bm % (8 * b) || (p->m0 * b) % p->bm) FAIL("bm does not fit M0*bits");
+    if (p->kf <= 0 || p->k % (4 * p->kf)) FAIL("K % (4*kfactor) != 0");
+    if (p->gs <= 0 || p->k % p->gs) FAIL("group size must divide K");
+    if (p->per_tensor && (p->zp || p->gs != p->k)) FAIL("a per-tensor scale has no zeros and group size K");
+    if (!p->per_tensor && p->gs % (4 * p->kf)) FAIL("group_size % (4*kfactor) != 0");
+    if (need_ags) {
+        if (p->ags <= 0 || p->ags % 4 || p->k % p->ags) FAIL("act group size must be a multiple of 4 dividing K");
+        p->actk = p->ags / 4 < p->kf ? p->ags / 4 : p->kf;
+        if (p->kf % p->actk || (p->ags / 4) % p->actk) FAIL("act groups must align with kfactor chunks");
+        if (p->actk > 128) FAIL("more than 128 tables per int16 sub-group could overflow");
+        if (p->kf / p->actk > 32) FAIL("more than 32 act sub-groups per kfactor chunk");
+        if (p->mode != LUT_INT8 && p->mode != LUT_FLOAT) FAIL("unknown LUT mode");
+        if (p->fa && (p->mode != LUT_INT8 || (p->actk & (p->actk - 1)) || p->actk > 32))
+            FAIL("fast aggregation needs int8 tables and a power-of-two sub-group of at most 32 tables");
+    }
+    const int64_t nscales = p->per_tensor ? 1 : p->m0 * (p->k / p->gs) * (p->zp ? 2 : 1);
+    if (blob_len < p->m0 * p->k * b / 8 + 4 * nscales) FAIL("blob shorter than its shape needs");
+#undef FAIL
+    return 0;
+}
+
+static int check_len(Py_buffer *buf, int64_t want, const char *what) {
+    if (buf->len < want) {
+        PyErr_Format(PyExc_ValueError, "lut: %s buffer has %zd bytes, needs %lld", what, buf->len, (long long)want);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * LUT GEMM */
+
+typedef struct {
+    const lut_problem *p;
+    const uint8_t *w;
+    const float *S, *x;
+    int64_t n, nscale, nbias, nchunk, table_bytes;
+    char *tables;
+    float *lscale, *lbias, *sgscale, *vbias, *bsum; /* per row: [nscale], [nbias] x3, [nchunk] */
+    float fa_factor;
+    float *y, *scratch;
+    build_fn build;
+    lut_tile_fn tile;
+} gemm_ctx;
+
+/* Tables of rows [r0, r1), then what the tile kernels read per sub-group and per chunk. */
+static void gemm_build(void *arg, int64_t r0, int64_t r1, int tid) {
+    gemm_ctx *c = (gemm_ctx *)arg;
+    const lut_problem *p = c->p;
+    const int64_t nsub = p->kf / p->actk;
+    (void)tid;
+    for (int64_t r = r0; r < r1; ++r) {
+        float *ls = c->lscale + r * c->nscale, *lb = c->lbias + r * c->nbias;
+        float *sgs = c->sgscale + r * c->nbias, *vb = c->vbias + r * c->nbias, *bs = c->bsum + r * c->nchunk;
+        c->build(c->x + r * p->k, p->k, p->ags, 4 * p->actk, p->mode, c->tables + r * c->table_bytes, ls, lb);
+        for (int64_t sg = 0; sg < c->nbias; ++sg) {
+            const float s = ls[sg * 4 * p->actk / p->ags];
+            if (p->fa) { /* the tree returns about sum/actk: rescale, and remove its rounding bias (spec.py) */
+                sgs[sg] = s * (float)p->actk;
+                vb[sg] = lb[sg] - sgs[sg] * c->fa_factor;
+            } else {
+                sgs[sg] = s;
+                vb[sg] = lb[sg];
+            }
+        }
+        for (int64_t ko = 0; ko < c->nchunk; ++ko) {
+            float b = 0.0f;
+            for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
+            bs[ko] = b;
+        }
+    }
+}
+
+static void gemm_tiles(void *arg, int64_t t0, int64_t t1, int tid) {
+    gemm_ctx *c = (gemm_ctx *)arg;
+    const lut_problem *p = c->p;
+    const int64_t P = p->bm / p->bits, tile_bytes = p->k * p->bm / 8;
+    const int64_t tile_scales = p->per_tensor ? 0 : (p->k / p->gs) * P * (p->zp ? 2 : 1);
+    float *C = c->scratch + (int64_t)tid * 2 * p->bm;
+    for (int64_t t = t0; t < t1; ++t)
+        for (int64_t r = 0; r < c->n; ++r) {
+            lut_row row;
+            row.table = c->tables + r * c->table_bytes;
+            row.sgscale = c->sgscale + r * c->nbias;
+            row.vbias = c->vbias + r * c->nbias;
+            row.bsum = c->bsum + r * c->nchunk;
+            c->tile(p, c->w + t * tile_bytes, c->S + t * tile_scales, &row, C, c->y + r * p->m0 + t * P);
+        }
+}
+
+static PyObject *py_gemm(PyObject *self, PyObject *args) {
+    Py_buffer blob, x, y;
+    lut_problem p;
+    long long m0, k, gs, bm, kf, ags;
+    int bits, zp, per_tensor, mode, fa, path, threads;
+    double fa_factor;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLiLiiLLLiidii", &blob, &x, &y, &m0, &k, &bits, &gs, &zp, &per_tensor, &bm,
+                          &kf, &ags, &mode, &fa, &fa_factor, &path, &threads))
+        return NULL;
+    PyObject *result = NULL;
+    void *mem = NULL;
+    memset(&p, 0, sizeof p);
+    p.m0 = m0, p.k = k, p.gs = gs, p.bm = bm, p.kf = kf, p.ags = ags;
+    p.bits = bits, p.zp = zp != 0, p.per_tensor = per_tensor != 0, p.mode = mode, p.fa = fa != 0;
+    const int chosen = choose_path(path);
+    if (chosen < 0 || check_problem(&p, blob.len, 1) < 0) goto done;
+    const int64_t n = x.len / (4 * p.k);
+    if (n < 1 || x.len != n * 4 * p.k) {
+        PyErr_SetString(PyExc_ValueError, "lut: x must hold N rows of K float32");
+        goto done;
+    }
+    if (check_len(&y, n * p.m0 * 4, "y") < 0) goto done;
+
+    gemm_ctx c;
+    memset(&c, 0, sizeof c);
+    c.p = &p;
+    c.w = (const uint8_t *)blob.buf;
+    c.S = (const float *)((const uint8_t *)blob.buf + p.m0 * p.k * p.bits / 8);
+    c.x = (const float *)x.buf;
+    c.y = (float *)y.buf;
+    c.n = n;
+    c.nscale = p.k / p.ags;
+    c.nbias = p.k / (4 * p.actk);
+    c.nchunk = p.k / (4 * p.kf);
+    c.table_bytes = (p.k / 4) * 16 * (p.mode == LUT_FLOAT ? 4 : 1);
+    c.fa_factor = (float)fa_factor;
+    c.build = build_for(chosen);
+    c.tile = tile_for(chosen);
+    const int nt = clamp_threads(threads, p.m0 * p.bits / p.bm);
+    /* one allocation: tables, then per row scales, biases, sub-group scales and biases, chunk bias
+     * sums, then 2*bm floats of scratch per thread */
+    const size_t nfl = (size_t)n * (c.nscale + 3 * c.nbias + c.nchunk) + (size_t)nt * 2 * p.bm;
+    const size_t table_total = (size_t)n * c.table_bytes;
+    mem = malloc(table_total + nfl * sizeof(float) + 64);
+    if (!mem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    c.tables = (char *)mem;
+    float *f = (float *)((char *)mem + ((table_total + 63) / 64) * 64);
+    c.lscale = f, f += n * c.nscale;
+    c.lbias = f, f += n * c.nbias;
+    c.sgscale = f, f += n * c.nbias;
+    c.vbias = f, f += n * c.nbias;
+    c.bsum = f, f += n * c.nchunk;
+    c.scratch = f;
+
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(threads, n, gemm_build, &c);
+    parallel_for(nt, p.m0 * p.bits / p.bm, gemm_tiles, &c);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(mem);
+    PyBuffer_Release(&blob);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
+/* build_lut(x, table, lscale, lbias, K, ags, bias_group, mode, path): the tables of N rows, for tests. */
+static PyObject *py_build_lut(PyObject *self, PyObject *args) {
+    Py_buffer x, table, ls, lb;
+    long long k, ags, bias_group;
+    int mode, path;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*LLLii", &x, &table, &ls, &lb, &k, &ags, &bias_group, &mode, &path))
+        return NULL;
+    PyObject *result = NULL;
+    const int chosen = choose_path(path);
+    if (chosen < 0) goto done;
+    if (k <= 0 || ags <= 0 || ags % 4 || k % ags || bias_group <= 0 || bias_group % 4 || k % bias_group ||
+        (mode != LUT_INT8 && mode != LUT_FLOAT)) {
+        PyErr_SetString(PyExc_ValueError, "lut: bad K, act group, bias group or mode");
+        goto done;
+    }
+    const int64_t n = x.len / (4 * k), tb = (k / 4) * 16 * (mode == LUT_FLOAT ? 4 : 1);
+    if (n < 1 || x.len != n * 4 * k || check_len(&table, n * tb, "table") < 0 ||
+        check_len(&ls, n * (k / ags) * 4, "scale") < 0 || check_len(&lb, n * (k / bias_group) * 4, "bias") < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lut: x must hold N rows of K float32");
+        goto done;
+    }
+    const build_fn build = build_for(chosen);
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < n; ++r)
+        build((const float *)x.buf + r * k, k, ags, bias_group, mode, (char *)table.buf + r * tb,
+              (float *)ls.buf + r * (k / ags), (float *)lb.buf + r * (k / bias_group));
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&ls);
+    PyBuffer_Release(&lb);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * dequantise-then-FMA baseline */
+
+typedef struct {
+    const lut_problem *p;
+    const uint8_t *w;
+    const float *S, *x;
+    int64_t n;
+    float *y, *scratch;
+    int64_t scratch_per_thread;
+    dq_tile_fn tile;
+} dq_ctx;
+
+static void dq_tiles(void *arg, int64_t t0, int64_t t1, int tid) {
+    dq_ctx *c = (dq_ctx *)arg;
+    const lut_problem *p = c->p;
+    const int64_t P = p->bm / p->bits, tile_bytes = p->k * p->bm / 8;
+    const int64_t tile_scales = p->per_tensor ? 0 : (p->k / p->gs) * P * (p->zp ? 2 : 1);
+    for (int64_t t = t0; t < t1; ++t)
+        c->tile(p, c->w + t * tile_bytes, c->S + t * tile_scales, c->x, c->n, c->y + t * P, p->m0,
+                c->scratch + tid * c->scratch_per_thread);
+}
+
+static PyObject *py_dequant_gemm(PyObject *self, PyObject *args) {
+    Py_buffer blob, x, y;
+    lut_problem p;
+    long long m0, k, gs, bm, kf;
+    int bits, zp, per_tensor, path, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLiLiiLLii", &blob, &x, &y, &m0, &k, &bits, &gs, &zp, &per_tensor, &bm, &kf,
+                          &path, &threads))
+        return NULL;
+    PyObject *result = NULL;
+    float *scratch = NULL;
+    memset(&p, 0, sizeof p);
+    p.m0 = m0, p.k = k, p.gs = gs, p.bm = bm, p.kf = kf, p.bits = bits, p.zp = zp != 0, p.per_tensor = per_tensor != 0;
+    const int chosen = choose_path(path);
+    if (chosen < 0 || check_problem(&p, blob.len, 0) < 0) goto done;
+    const int64_t n = x.len / (4 * p.k);
+    if (n < 1 || x.len != n * 4 * p.k) {
+        PyErr_SetString(PyExc_ValueError, "lut: x must hold N rows of K float32");
+        goto done;
+    }
+    if (check_len(&y, n * p.m0 * 4, "y") < 0) goto done;
+    const int64_t ntiles = p.m0 * p.bits / p.bm;
+    const int nt = clamp_threads(threads, ntiles);
+    dq_ctx c = {&p, (const uint8_t *)blob.buf, NULL, (const float *)x.buf, n, (float *)y.buf, NULL,
+                4 * p.kf * 8 + 8 * n, dq_for(chosen)};
+    c.S = (const float *)((const uint8_t *)blob.buf + p.m0 * p.k * p.bits / 8);
+    scratch = (float *)malloc((size_t)nt * c.scratch_per_thread * sizeof(float));
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    c.scratch = scratch;
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(nt, ntiles, dq_tiles, &c);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(scratch);
+    PyBuffer_Release(&blob);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * verification reference */
+
+typedef struct {
+    const uint8_t *codes;
+    const int16_t *a;
+    int64_t m0, k, n, gs;
+    double h;
+    const double *s, *z, *A;
+    double *y;
+    ref_fn fn;
+} ref_ctx;
+
+static void ref_range(void *arg, int64_t r0, int64_t r1, int tid) {
+    ref_ctx *c = (ref_ctx *)arg;
+    const int64_t G = c->k / c->gs;
+    (void)tid;
+    c->fn(c->codes + r0 * c->k, r1 - r0, c->k, c->a, c->n, c->gs, c->h, c->s + r0 * G, c->z ? c->z + r0 * G : NULL,
+          c->A, c->y + r0, c->m0);
+}
+
+/* reference(codes, a, scales, zeros_or_None, A, y, M0, K, N, gs, bits, path, threads) */
+static PyObject *py_reference(PyObject *self, PyObject *args) {
+    Py_buffer codes, a, s, A, y, z;
+    PyObject *zobj;
+    long long m0, k, n, gs;
+    int bits, path, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*Oy*w*LLLLiii", &codes, &a, &s, &zobj, &A, &y, &m0, &k, &n, &gs, &bits, &path,
+                          &threads))
+        return NULL;
+    PyObject *result = NULL;
+    int have_z = zobj != Py_None;
+    if (have_z && PyObject_GetBuffer(zobj, &z, PyBUF_SIMPLE) < 0) {
+        have_z = -1;
+        goto done;
+    }
+    const int chosen = choose_path(path);
+    if (chosen < 0) goto done;
+    if (m0 < 1 || k < 1 || n < 1 || gs < 1 || k % gs || bits < 1 || bits > 4) {
+        PyErr_SetString(PyExc_ValueError, "lut: bad M0, K, N, group size or bits");
+        goto done;
+    }
+    const int64_t G = k / gs;
+    if (check_len(&codes, m0 * k, "codes") < 0 || check_len(&a, n * k * 2, "a") < 0 ||
+        check_len(&s, m0 * G * 8, "scales") < 0 || (have_z && check_len(&z, m0 * G * 8, "zeros") < 0) ||
+        check_len(&A, G * n * 8, "A") < 0 || check_len(&y, n * m0 * 8, "y") < 0)
+        goto done;
+    ref_ctx c = {(const uint8_t *)codes.buf, (const int16_t *)a.buf, m0, k, n, gs, (double)(1 << (bits - 1)),
+                 (const double *)s.buf, have_z ? (const double *)z.buf : NULL, (const double *)A.buf,
+                 (double *)y.buf, ref_for(chosen)};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(threads, m0, ref_range, &c);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_z == 1) PyBuffer_Release(&z);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&A);
+    PyBuffer_Release(&y);
+    return result;
+}
+
+static PyObject *py_paths(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    PyObject *l = PyList_New(0);
+    if (!l) return NULL;
+    const char *names[3] = {"scalar", have_avx2() ? "avx2" : NULL, have_neon() ? "neon" : NULL};
+    for (int i = 0; i < 3; ++i) {
+        if (!names[i]) continue;
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s || PyList_Append(l, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(l);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return l;
+}
+
+static PyMethodDef methods[] = {
+    {"gemm", py_gemm, METH_VARARGS,
+     "gemm(blob, x, y, M0, K, bits, gs, zp, per_tensor, bm, kfactor, ags, mode, fa, fa_factor, path, threads): "
+     "y[N, M0] float32 = LUT GEMM of x[N, K] float32 with the Format A blob."},
+    {"build_lut", py_build_lut, METH_VARARGS,
+     "build_lut(x, table, lscale, lbias, K, ags, bias_group, mode, path): tables of the rows of x."},
+    {"dequant_gemm", py_dequant_gemm, METH_VARARGS,
+     "dequant_gemm(blob, x, y, M0, K, bits, gs, zp, per_tensor, bm, kfactor, path, threads): baseline "
+     "dequantise-then-FMA product over the same blob."},
+    {"reference", py_reference, METH_VARARGS,
+     "reference(codes, a, scales, zeros, A, y, M0, K, N, gs, bits, path, threads): y float64 [N, M0] = the "
+     "verification reference from uint8 codes [M0, K], int16 a [N, K], float64 scales/zeros [M0, K/gs] (zeros "
+     "may be None) and float64 A [K/gs, N] = group sums of a; exact integer dots, float64 group sums."},
+    {"paths", py_paths, METH_NOARGS, "paths() -> the kernel paths this build can run on this CPU."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lut_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__lut_native(void) { return PyModule_Create(&module); }

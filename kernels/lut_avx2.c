@@ -1,0 +1,388 @@
+/*
+ * AVX2 paths (x86 with GCC or Clang; chosen at run time with __builtin_cpu_supports).
+ *
+ * LUT tile kernel (the T-MAC structure):
+ *   - the int8 tables of one activation row are built once (lut_build_avx2) and shared by all tiles;
+ *   - per chunk and 32-row block, one 32-byte load takes the weight vectors of two consecutive tables
+ *     (j in the low 128-bit lane, j+1 in the high lane), and one 32-byte load takes those two tables,
+ *     so a single _mm256_shuffle_epi8 looks up 16 rows in two tables: once with the low nibbles
+ *     (rows 0..15 of the block) and once with the high nibbles (rows 16..31);
+ *   - the int8 results are widened to int16 without crossing lanes (even bytes: shift left then
+ *     arithmetic right by 8; odd bytes: arithmetic right by 8) and summed over the sub-group's
+ *     tables; only at the end of the sub-group are the two lanes (tables j, j+1) added, the
+ *     even/odd rows re-interleaved and the sums converted to float.
+ *   - the float stage then repeats reference.py's operations in the same order (mul, then add:
+ *     no FMA), 8 rows per vector, which is exactly one block of 8 outputs of one bit-plane.
+ */
+#include "lut_core.h"
+
+#ifdef TMAC_HAVE_AVX2
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE_FWD static inline __attribute__((always_inline))
+
+/* ---------------------------------------------------------------------------------------------
+ * LUT build.  int8 mode only (float tables are an exact-check mode and use the scalar builder). */
+
+AVX2 void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
+                         float *lscale, float *lbias) {
+    if (mode != LUT_INT8) {
+        lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
+        return;
+    }
+    /* Biases and scales: scalar and sequential (the bias order is part of the result). */
+    for (int64_t g = 0; g < k / bias_group; ++g) {
+        float b = 0.0f;
+        for (int64_t j = g * bias_group / 4; j < (g + 1) * bias_group / 4; ++j) {
+            const float *q = x + 4 * j;
+            b = b - (((q[0] + q[1]) + q[2]) + q[3]);
+        }
+        lbias[g] = b;
+    }
+    /* Signs of x1, x2, x3 in the 8 odd entries c = 2c'+1: minus where bit t-1 of c' is clear. */
+    const __m256 neg1 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0));
+    const __m256 neg2 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN, 0, 0));
+    const __m256 neg3 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, 0, 0, 0, 0));
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m128i reverse8 = _mm_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 8, 9, 10, 11, 12, 13, 14, 15);
+    int8_t *t = (int8_t *)table;
+    for (int64_t g = 0; g < k / ags; ++g) {
+        const int64_t j0 = g * ags / 4, j1 = (g + 1) * ags / 4;
+        /* amax over the group: 2 tables per vector, |x| summed in the reference's order */
+        __m256 vmax = _mm256_setzero_ps();
+        int64_t j = j0;
+        for (; j + 2 <= j1; j += 2) {
+            const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 4 * j), absmask); /* a0..a3 | b0..b3 */
+            const __m256 s01 = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));    /* lane0: a0+a1 */
+            const __m256 s2 = _mm256_add_ps(s01, _mm256_permute_ps(a, 0xAA));   /* lane0: +a2 */
+            const __m256 s3 = _mm256_add_ps(s2, _mm256_permute_ps(a, 0xFF));    /* lane0: +a3 */
+            vmax = _mm256_max_ps(vmax, s3); /* element 0 of each 128-bit lane is a table's sum */
+        }
+        float m8[8], amax = 0.0f;
+        _mm256_storeu_ps(m8, vmax);
+        amax = m8[0] > m8[4] ? m8[0] : m8[4];
+        for (; j < j1; ++j) {
+            const float *q = x + 4 * j;
+            const float a = ((__builtin_fabsf(q[0]) + __builtin_fabsf(q[1])) + __builtin_fabsf(q[2])) +
+                            __builtin_fabsf(q[3]);
+            if (a > amax) amax = a;
+        }
+        const float scale = amax / 127.0f;
+        const float r = lut_reciprocal(scale);
+        lscale[g] = scale;
+        const __m256 vr = _mm256_set1_ps(r);
+        for (j = j0; j < j1; ++j) {
+            const float *q = x + 4 * j;
+            /* 8 odd entries at once: ((x0 +- x1) +- x2) +- x3; a sign flip by xor is exact */
+            __m256 v = _mm256_broadcast_ss(q);
+            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 1), neg1));
+            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 2), neg2));
+            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 3), neg3));
+            /* rint (the MXCSR default rounds half to even), then saturate to int8 */
+            const __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(v, vr));
+            const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+            const __m128i q8 = _mm_packs_epi16(q16, q16);                   /* bytes 0..7: odd entries */
+            const __m128i neg = _mm_shuffle_epi8(_mm_sub_epi8(_mm_setzero_si128(), q8), reverse8);
+            /* interleave: entry 2i = -odd[7-i] (mirror), entry 2i+1 = odd[i] */
+            _mm_storeu_si128((__m128i *)(t + 16 * j), _mm_unpacklo_epi8(neg, q8));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * LUT tile kernel */
+
+/* Signed rounding-halving average (a + b + 1) >> 1 from the unsigned one: bias both by 128. */
+static inline AVX2 __m256i ravg_epi8(__m256i a, __m256i b) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    return _mm256_xor_si256(_mm256_avg_epu8(_mm256_xor_si256(a, k80), _mm256_xor_si256(b, k80)), k80);
+}
+static inline AVX2 __m128i ravg_epi8_128(__m128i a, __m128i b) {
+    const __m128i k80 = _mm_set1_epi8((char)0x80);
+    return _mm_xor_si128(_mm_avg_epu8(_mm_xor_si128(a, k80), _mm_xor_si128(b, k80)), k80);
+}
+
+/* int8 sums of one sub-group for the 32 rows of a block, as 4 float vectors (rows 0-7, ..., 24-31).
+ * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group. */
+INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    /* pmaddubsw with 1,0,1,0... (0,1,0,1...) picks the even (odd) signed bytes as int16: a widening
+     * without shifts, which would all compete for one port */
+    const __m256i even = _mm256_set1_epi16(0x0001), odd = _mm256_set1_epi16(0x0100);
+    __m256i ae = _mm256_setzero_si256(), ao = ae, be = ae, bo = ae;
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < n; i += 2) {
+        __m256i W, T;
+        if (i + 1 < n) {
+            W = _mm256_loadu_si256((const __m256i *)(wv + 16 * i));
+            T = _mm256_loadu_si256((const __m256i *)(tv + 16 * i));
+        } else { /* odd count: a zero table in the high lane looks up zeros */
+            W = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(wv + 16 * i)));
+            T = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i)));
+        }
+        const __m256i a = _mm256_shuffle_epi8(T, _mm256_and_si256(W, m4));                       /* rows 0..15 */
+        const __m256i b = _mm256_shuffle_epi8(T, _mm256_and_si256(_mm256_srli_epi16(W, 4), m4)); /* rows 16..31 */
+        ae = _mm256_add_epi16(ae, _mm256_maddubs_epi16(even, a));
+        ao = _mm256_add_epi16(ao, _mm256_maddubs_epi16(odd, a));
+        be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
+        bo = _mm256_add_epi16(bo, _mm256_maddubs_epi16(odd, b));
+    }
+    /* add the two tables' lanes, then put even and odd rows back in order */
+    const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
+    const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
+    const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
+    const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+}
+
+/* Fast aggregation: the same lookups reduced by a tree of rounding-halving averages.  The first level
+ * averages the two lanes (tables 2i, 2i+1); later levels average whole vectors of 32 rows. */
+INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i lv[16];
+    lv[0] = _mm256_setzero_si256();
+    if (n == 1) {
+        const __m128i w = _mm_loadu_si128((const __m128i *)wv);
+        const __m256i idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(w, 4), w), m4);
+        lv[0] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tv)), idx);
+    } else {
+        for (int64_t i = 0; i < n; i += 2) {
+            const __m256i W = _mm256_loadu_si256((const __m256i *)(wv + 16 * i));
+            const __m256i T = _mm256_loadu_si256((const __m256i *)(tv + 16 * i));
+            const __m256i a = _mm256_shuffle_epi8(T, _mm256_and_si256(W, m4));
+            const __m256i b = _mm256_shuffle_epi8(T, _mm256_and_si256(_mm256_srli_epi16(W, 4), m4));
+            const __m128i ra = ravg_epi8_128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+            const __m128i rb = ravg_epi8_128(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+            lv[i / 2] = _mm256_set_m128i(rb, ra);
+        }
+        for (int64_t m = n / 2; m > 1; m /= 2)
+            for (int64_t i = 0; i < m / 2; ++i) lv[i] = ravg_epi8(lv[2 * i], lv[2 * i + 1]);
+    }
+    const __m128i lo = _mm256_castsi256_si128(lv[0]), hi = _mm256_extracti128_si256(lv[0], 1);
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/* The tile kernel body, inlined per sub-group size so that the table loops unroll (ACTK is a
+ * compile-time constant in the specialised copies below; 0 means "use p->actk"). */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
+                           float *y, const int64_t ACTK, const int fa) {
+    const int64_t actk = ACTK ? ACTK : p->actk;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
+    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const int8_t *table = (const int8_t *)row->table;
+    const __m256 two = _mm256_set1_ps(2.0f);
+    /* Per 8-row block of the tile: offset of its 8 scales within a group's scales, times 2, plus 1 on
+     * bit-plane 0.  Precomputed so that no division is left in the loops. */
+    int32_t *info = (int32_t *)(C + bm);
+    for (int64_t ib = 0; ib < bm / 8; ++ib) info[ib] = (int32_t)((ib / b) * blk * 2 + (ib % b == 0));
+    const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
+    memset(C, 0, (size_t)bm * sizeof(float));
+    const float *Sg = S;
+    int64_t left = chunks_per_group;
+    for (int64_t ko = 0; ko < KO; ++ko) {
+        const uint8_t *wk = w + ko * nB * kf * 16;
+        const int8_t *tk = table + ko * kf * 16;
+        const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
+        for (int64_t B = 0; B < nB; ++B) {
+            const int32_t *bi = info + 4 * B;
+            const uint8_t *wb = wk + B * kf * 16;
+            __m256 acc[4];
+            for (int64_t sub = 0; sub < nsub; ++sub) {
+                const int64_t sg = ko * nsub + sub;
+                const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
+                __m256 f[4];
+                if (fa)
+                    sums_fa(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
+                else
+                    sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
+                for (int q = 0; q < 4; ++q) {
+                    __m256 v = _mm256_mul_ps(f[q], vs);
+                    if (bi[q] & 1) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
+                    acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
+                }
+            }
+            float *cb = C + B * 32;
+            for (int q = 0; q < 4; ++q) {
+                __m256 cv = _mm256_loadu_ps(cb + q * 8);
+                if (per_tensor) {
+                    cv = _mm256_add_ps(cv, acc[q]);
+                } else {
+                    const float *sq = Sg + (bi[q] >> 1);
+                    cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
+                    if (zp && (bi[q] & 1))
+                        cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
+                }
+                _mm256_storeu_ps(cb + q * 8, cv);
+            }
+        }
+        if (--left == 0) { /* next weight group */
+            Sg += group_stride;
+            left = chunks_per_group;
+        }
+    }
+    /* y = sum_i alpha_i C[plane i] */
+    for (int64_t ob = 0; ob < P / 8; ++ob) {
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(C + ob * 8 * b));
+        for (int i = 1; i < b; ++i)
+            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps((float)(1 << (i - 1))), _mm256_loadu_ps(C + ob * 8 * b + i * 8)));
+        if (per_tensor) v = _mm256_mul_ps(v, _mm256_set1_ps(S[0]));
+        _mm256_storeu_ps(y + ob * 8, v);
+    }
+}
+
+AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
+                        float *y) {
+    if (p->mode != LUT_INT8) { /* float tables cannot be looked up with pshufb */
+        lut_tile_scalar(p, w, S, row, C, y);
+        return;
+    }
+    if (p->fa) {
+        tile_int8(p, w, S, row, C, y, 0, 1);
+        return;
+    }
+    switch (p->actk) { /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32) */
+    case 8: tile_int8(p, w, S, row, C, y, 8, 0); break;
+    case 16: tile_int8(p, w, S, row, C, y, 16, 0); break;
+    case 32: tile_int8(p, w, S, row, C, y, 32, 0); break;
+    default: tile_int8(p, w, S, row, C, y, 0, 0); break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Baseline: dequantise then FMA.  Per block of 8 outputs and kfactor chunk, the codes of the 8
+ * outputs for 4*kf activations are decoded from their bit-planes into float weights
+ * w = code*s + (-(2^(b-1))*s - z) (one FMA per 8 weights), stored in a small buffer, and every
+ * activation row then accumulates them with one FMA per 8 weights.  It reads the same packed bits
+ * as the LUT kernel, so the comparison isolates table lookup against dequantisation. */
+
+INLINE AVX2 void dq_tile(const lut_problem *p, const uint8_t *w, const float *S, const float *x, int64_t n,
+                         float *y, int64_t ldy, float *work, const int b) {
+    const int64_t kf = p->kf, KO = p->k / (4 * kf), nB = p->bm / 32, P = p->bm / b;
+    const int blk = p->zp ? 16 : 8;
+    const __m256i m1 = _mm256_set1_epi32(1);
+    const __m256 half = _mm256_set1_ps((float)(1 << (b - 1)));
+    float *wf = work;                /* [4kf][8] */
+    float *acc = work + 4 * kf * 8;  /* [n][8] */
+    for (int64_t ob = 0; ob < P / 8; ++ob) {
+        /* where plane i of this block lives: byte offset of its 8 rows and the nibble shift */
+        int64_t off[4];
+        __m128i sh[4];
+        for (int i = 0; i < b; ++i) {
+            const int64_t rr = ob * 8 * b + 8 * i;
+            off[i] = (rr / 32) * kf * 16 + rr % 16;
+            sh[i] = _mm_cvtsi32_si128((int)((rr % 32) / 16) * 4);
+        }
+        memset(acc, 0, (size_t)n * 8 * sizeof(float));
+        for (int64_t ko = 0; ko < KO; ++ko) {
+            __m256 s, o;
+            if (p->per_tensor) {
+                s = _mm256_set1_ps(S[0]);
+                o = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(half, s));
+            } else {
+                const float *Sg = S + (ko * 4 * kf / p->gs) * (P / 8) * blk + ob * blk;
+                s = _mm256_loadu_ps(Sg);
+                o = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(half, s));
+                if (p->zp) o = _mm256_sub_ps(o, _mm256_loadu_ps(Sg + 8));
+            }
+            const uint8_t *wk = w + ko * nB * kf * 16;
+            for (int64_t ki = 0; ki < kf; ++ki) {
+                __m256i nib[4];
+                for (int i = 0; i < b; ++i) {
+                    const __m128i bytes = _mm_loadl_epi64((const __m128i *)(wk + off[i] + ki * 16));
+                    nib[i] = _mm256_srl_epi32(_mm256_cvtepu8_epi32(bytes), sh[i]);
+                }
+                for (int t = 0; t < 4; ++t) {
+                    __m256i code = _mm256_setzero_si256();
+                    for (int i = 0; i < b; ++i) {
+                        const __m256i bit = _mm256_and_si256(_mm256_srli_epi32(nib[i], t), m1);
+                        code = _mm256_or_si256(code, _mm256_slli_epi32(bit, i));
+                    }
+                    _mm256_storeu_ps(wf + (ki * 4 + t) * 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(code), s, o));
+                }
+            }
+            for (int64_t j = 0; j < n; ++j) {
+                const float *xj = x + j * p->k + ko * 4 * kf;
+                __m256 a0 = _mm256_loadu_ps(acc + j * 8), a1 = _mm256_setzero_ps(), a2 = a1, a3 = a1;
+                for (int64_t kk = 0; kk < 4 * kf; kk += 4) { /* four chains hide the FMA latency */
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wf + kk * 8), _mm256_broadcast_ss(xj + kk), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wf + kk * 8 + 8), _mm256_broadcast_ss(xj + kk + 1), a1);
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wf + kk * 8 + 16), _mm256_broadcast_ss(xj + kk + 2), a2);
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wf + kk * 8 + 24), _mm256_broadcast_ss(xj + kk + 3), a3);
+                }
+                _mm256_storeu_ps(acc + j * 8, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            }
+        }
+        for (int64_t j = 0; j < n; ++j) memcpy(y + j * ldy + ob * 8, acc + j * 8, 8 * sizeof(float));
+    }
+}
+
+AVX2 void dq_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, const float *x, int64_t n,
+                       float *y, int64_t ldy, float *work) {
+    switch (p->bits) { /* constant bit widths let the plane loops unroll */
+    case 1: dq_tile(p, w, S, x, n, y, ldy, work, 1); break;
+    case 2: dq_tile(p, w, S, x, n, y, ldy, work, 2); break;
+    case 3: dq_tile(p, w, S, x, n, y, ldy, work, 3); break;
+    default: dq_tile(p, w, S, x, n, y, ldy, work, 4); break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Verification reference: 16 codes widened to int16, multiplied by int16 activations and summed in
+ * pairs with pmaddwd into int32 lanes, flushed to int64 often enough that no lane can overflow
+ * (|a| < 2^15, codes < 16: one pmaddwd adds < 2^20 per lane, so 2^10 steps stay below 2^31).
+ * The group combination is scalar double arithmetic in the same order as ref_rows_scalar. */
+
+static inline AVX2 int64_t hsum_epi32(__m256i v) {
+    const __m256i w = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    const __m128i u = _mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return _mm_cvtsi128_si64(u) + _mm_extract_epi64(u, 1);
+}
+
+AVX2 void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
+                        double h, const double *s, const double *z, const double *A, double *y, int64_t ldy) {
+    enum { NB = 4, FLUSH = 1024 };
+    const int64_t G = k / gs;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j0 = 0; j0 < n; j0 += NB) {
+            const int64_t nj = n - j0 < NB ? n - j0 : NB;
+            double acc[NB] = {0.0, 0.0, 0.0, 0.0};
+            for (int64_t g = 0; g < G; ++g) {
+                const uint8_t *c = codes + r * k + g * gs;
+                int64_t dot[NB] = {0, 0, 0, 0};
+                int64_t i = 0;
+                while (i + 16 <= gs) {
+                    __m256i v[NB] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                                     _mm256_setzero_si256()};
+                    for (int64_t steps = 0; steps < FLUSH && i + 16 <= gs; ++steps, i += 16) {
+                        const __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + i)));
+                        for (int64_t jj = 0; jj < nj; ++jj)
+                            v[jj] = _mm256_add_epi32(v[jj], _mm256_madd_epi16(cw, _mm256_loadu_si256(
+                                                                 (const __m256i *)(a + (j0 + jj) * k + g * gs + i))));
+                    }
+                    for (int64_t jj = 0; jj < nj; ++jj) dot[jj] += hsum_epi32(v[jj]);
+                }
+                for (; i < gs; ++i)
+                    for (int64_t jj = 0; jj < nj; ++jj) dot[jj] += (int64_t)c[i] * a[(j0 + jj) * k + g * gs + i];
+                for (int64_t jj = 0; jj < nj; ++jj) {
+                    const double Ag = A[g * n + j0 + jj];
+                    acc[jj] += s[r * G + g] * ((double)dot[jj] - h * Ag);
+                    if (z) acc[jj] -= z[r * G + g] * Ag;
+                }
+            }
+            for (int64_t jj = 0; jj < nj; ++jj) y[(j0 + jj) * ldy + r] = acc[jj];
+        }
+}
+
+#endif /* TMAC_HAVE_AVX2 */

@@ -1,0 +1,101 @@
+/*
+ * T-MAC LUT kernels: shared types and the per-path entry points (no Python here).
+ *
+ * The semantics, including the order of every float operation, are those of
+ * tmac_convert/kernels/reference.py; each path (scalar, AVX2, NEON) reproduces them bit for bit.
+ * That is why this code never uses FMA in the LUT path and is built with -ffp-contract=off:
+ * a fused multiply-add rounds once where the reference rounds twice.
+ *
+ * Blob layout (docs section 1): tile t holds bm bit-rows; its weight bytes are
+ * [K/(4*kf)][bm/32][kf][16]: the 16 bytes of (chunk ko, block B, table ki) carry, in their low
+ * nibbles, the 4-bit codes of rows 32B+0..15 and, in their high nibbles, rows 32B+16..31, all
+ * for LUT table j = ko*kf + ki (activations 4j..4j+3).  Row rr of a tile is output
+ * (rr/(8b))*8 + rr%8 of the tile, bit-plane (rr/8) % b.
+ */
+#ifndef TMAC_LUT_CORE_H
+#define TMAC_LUT_CORE_H
+
+#include <stdint.h>
+
+enum { LUT_INT8 = 0, LUT_FLOAT = 1 };
+enum { PATH_AUTO = 0, PATH_SCALAR = 1, PATH_AVX2 = 2, PATH_NEON = 3 };
+
+/* One kernel problem, checked by the caller (tmac_convert/kernels/spec.py and lut.c). */
+typedef struct {
+    int64_t m0, k;     /* outputs, inputs */
+    int64_t gs;        /* weight group size along K (K for a per-tensor scale) */
+    int64_t bm, kf;    /* tile height in bit-rows, LUT tables per K chunk */
+    int64_t ags;       /* activations per LUT scale */
+    int64_t actk;      /* tables per int16 sub-group: min(ags/4, kf) */
+    int bits, zp, per_tensor;
+    int mode;          /* LUT_INT8 or LUT_FLOAT */
+    int fa;            /* fast aggregation (int8 only) */
+} lut_problem;
+
+/* The tables of one activation row, as the tile kernels read them.  Sub-group sg = ko*(kf/actk) + sub
+ * covers tables [sg*actk, (sg+1)*actk). */
+typedef struct {
+    const void *table;    /* int8 or float [K/4][16], natural code order */
+    const float *sgscale; /* [K/(4 actk)]: multiplies sub-group sg's integer (or float) sum */
+    const float *vbias;   /* [K/(4 actk)]: added to sub-group sg's sums on bit-plane-0 rows */
+    const float *bsum;    /* [K/(4 kf)]: per chunk, the sub-groups' raw biases (-sum x) added in order,
+                             for the zero-point term */
+} lut_row;
+
+/* Build one row's tables: table [K/4][16] (int8 or float), lscale [K/ags], lbias [K/bias_group]. */
+void lut_build_scalar(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode,
+                      void *table, float *lscale, float *lbias);
+
+/* One activation row through one tile: y gets the tile's bm/bits outputs; C is 2*bm floats of scratch.
+ * w points at the tile's weight bytes, s at the tile's scales (the whole scale array for a
+ * per-tensor scale). */
+typedef void (*lut_tile_fn)(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row,
+                            float *C, float *y);
+void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row,
+                     float *C, float *y);
+
+/* Baseline: dequantise a tile's weights to float and multiply by n activation rows with FMAs.
+ * x is [n][k], y gets [n][ldy] at the tile's outputs; work is 4*kf*8 + 8*n floats of scratch. */
+typedef void (*dq_tile_fn)(const lut_problem *p, const uint8_t *w, const float *s, const float *x,
+                           int64_t n, float *y, int64_t ldy, float *work);
+void dq_tile_scalar(const lut_problem *p, const uint8_t *w, const float *s, const float *x, int64_t n,
+                    float *y, int64_t ldy, float *work);
+
+/* Verification reference from plain row-major codes (no layout involved): for rows [0, rows),
+ *   y[j][r] = sum_g s[r][g] * (P - h*A[g][j]) - z[r][g] * A[g][j],  P = sum_{k in g} codes[r][k] * a[j][k]
+ * with A[g][j] = sum_{k in g} a[j][k]; P and A exact (integers), the sum over groups in float64 in group
+ * order.  s, z: double [rows][K/gs] (z may be NULL); A: double [K/gs][n]; y: double, row j at y + j*ldy. */
+typedef void (*ref_fn)(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
+                       double h, const double *s, const double *z, const double *A, double *y, int64_t ldy);
+void ref_rows_scalar(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
+                     double h, const double *s, const double *z, const double *A, double *y, int64_t ldy);
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define TMAC_HAVE_AVX2 1
+void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
+                    float *lscale, float *lbias);
+void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
+                   float *y);
+void dq_tile_avx2(const lut_problem *p, const uint8_t *w, const float *s, const float *x, int64_t n,
+                  float *y, int64_t ldy, float *work);
+void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
+                   double h, const double *s, const double *z, const double *A, double *y, int64_t ldy);
+#endif
+
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#define TMAC_HAVE_NEON 1
+void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
+                   float *y);
+#endif
+
+/* 1/scale, or 0 where that is not finite (all-zero groups, or a scale so small that 1/scale
+ * overflows): the group's entries then quantise to 0. */
+static inline float lut_reciprocal(float scale) {
+    const float r = scale != 0.0f ? 1.0f / scale : 0.0f;
+    return (r - r == 0.0f) ? r : 0.0f; /* r - r is NaN for an infinity */
+}
+
+/* Row rr of a tile: its 8-row block is on bit-plane (rr/8) % bits; plane 0 carries the bias. */
+static inline int lut_plane0(int64_t rr, int bits) { return (rr / 8) % bits == 0; }
+
+#endif

@@ -1,0 +1,328 @@
+"""The library API: ``convert(source, out, ...)`` = read -> normalise -> layout -> verify -> write.
+
+Everything that can be refused is refused before a byte is written: options against the source
+(``bits``/``group_size``/``zero_point`` of an already-quantised model), the kcfg against every
+quantised shape, the tokenizer, the output path (no overwrite without ``force``) and the free disk
+space.  Tensors then stream through a bounded pipeline:
+
+    reader thread --> pool of ``threads`` workers: encode (pack) + verify --> writer (caller's thread)
+
+Results are written strictly in the reader's order, so the output is byte-identical for any thread
+count, and memory stays bounded (see :mod:`tmac_convert.pipeline`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from functools import partial
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import TmacError, VerificationError
+from .gguf_tmac import DEFAULT_RUNTIME, get_runtime
+from .layouts import Kcfg, load_kcfg, load_preset
+from .parallel import cpu_count
+from .pipeline import run_pipeline
+from .readers.base import FloatTensor, SourceModel, Tensor, TensorInfo
+from .tensor import QuantTensor
+from .writers.atomic import AtomicOutputs
+from .writers.base import WriteContext, get_writer
+from .writers.encodings import TensorPlan, get_encoding
+from .writers.gguf_meta import extra_tensors
+from .writers.plan import plan_model
+
+VERIFY_SEED = 0
+
+
+@dataclass
+class ProgressUpdate:
+    """Sent to a ``progress`` callback after each tensor is written."""
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    name: str
+
+
+@dataclass
+class TensorReport:
+    """One written tensor: its type, sizes, tiles and verification figures."""
+
+    name: str
+    type: str  # I2, F16, F32...
+    shape: tuple[int, ...]
+    src_nbytes: int
+    out_nbytes: int
+    bm: int | None = None
+    kfactor: int | None = None
+    nmse: float | None = None
+    max_abs_err: float | None = None
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did (``to_dict()`` is the CLI's ``--json`` output)."""
+
+    source: str
+    source_format: str
+    out: str
+    format: str
+    runtime: str
+    kcfg_out: str | None
+    kcfg_from: str  # a path, "preset:NAME" or "default tiles"
+    act_group_size: int
+    threads: int
+    verified: bool
+    seconds: float = 0.0
+    tensors: list[TensorReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def src_nbytes(self) -> int:
+        return sum(t.src_nbytes for t in self.tensors)
+
+    @property
+    def out_nbytes(self) -> int:
+        return sum(t.out_nbytes for t in self.tensors)
+
+    @property
+    def f16_nbytes(self) -> int:
+        """The model's size with every tensor in float16 (the reference of the compression ratio)."""
+        return sum(2 * int(np.prod(t.shape)) for t in self.tensors)
+
+    @property
+    def compression(self) -> float:
+        """float16 size / output size."""
+        return self.f16_nbytes / max(1, self.out_nbytes)
+
+    def by_type(self) -> dict[str, dict[str, int]]:
+        """``type -> {"tensors", "src_nbytes", "out_nbytes"}``."""
+        out: dict[str, dict[str, int]] = {}
+        for t in self.tensors:
+            d = out.setdefault(t.type, {"tensors": 0, "src_nbytes": 0, "out_nbytes": 0})
+            d["tensors"] += 1
+            d["src_nbytes"] += t.src_nbytes
+            d["out_nbytes"] += t.out_nbytes
+        return out
+
+    @property
+    def worst(self) -> TensorReport | None:
+        """The verified tensor with the largest NMSE (None when nothing was verified)."""
+        v = [t for t in self.tensors if t.nmse is not None]
+        return max(v, key=lambda t: t.nmse) if v else None
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        d = {k: v for k, v in asdict(self).items() if k != "tensors"}
+        d.update(src_nbytes=self.src_nbytes, out_nbytes=self.out_nbytes, f16_nbytes=self.f16_nbytes,
+                 compression=round(self.compression, 4), by_type=self.by_type(),
+                 worst_nmse=None if worst is None else worst.nmse,
+                 worst_max_abs_err=max((t.max_abs_err for t in self.tensors if t.max_abs_err is not None),
+                                       default=None),
+                 worst_tensor=None if worst is None else worst.name,
+                 tensors=[{**asdict(t), "shape": list(t.shape)} for t in self.tensors])
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+
+def resolve_kcfg(kcfg: str | Path | Kcfg | None, preset: str | None) -> Kcfg | None:
+    """The kcfg named by ``kcfg`` (a path or a parsed :class:`Kcfg`) or ``preset``; None when neither."""
+    if kcfg is not None and preset is not None:
+        raise TmacError("give --kcfg or --preset, not both", rule="one tile source")
+    if isinstance(kcfg, Kcfg):
+        return kcfg
+    if kcfg is not None:
+        return load_kcfg(kcfg)
+    if preset is not None:
+        return load_preset(preset)
+    return None
+
+
+def default_out(source: str | Path, fmt_suffix: str) -> Path:
+    """``<source name>.tmac<suffix>`` in the current folder (a Hub id ``org/name`` gives ``name``)."""
+    name = str(source).rstrip("/\\").replace("\\", "/").split("/")[-1] or "model"
+    for ext in (".gguf", ".npz", ".safetensors"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return Path(f"{name}.tmac{fmt_suffix}")
+
+
+def kcfg_path_for(out: Path) -> Path:
+    """Where the kcfg.ini of an output goes: beside it, ``<stem>.kcfg.ini``."""
+    return out.with_name((out.stem if out.suffix else out.name) + ".kcfg.ini")
+
+
+def check_requested(infos: list[TensorInfo], *, bits: int | None, group_size: int | None,
+                    zero_point: bool | None, file: str | None) -> None:
+    """Raise when a requested bits / group size / zero point disagrees with a quantised source tensor."""
+    for i in infos:
+        if i.bits is None:
+            continue
+        if bits is not None and i.bits != bits:
+            raise TmacError(f"--bits {bits} was given but the source is {i.bits}-bit", tensor=i.name, file=file,
+                            rule="requested bits match the source")
+        if group_size is not None:
+            if i.per_tensor_scale:
+                raise TmacError(f"--group {group_size} was given but the source has one scale per tensor",
+                                tensor=i.name, file=file, rule="requested group size matches the source")
+            k = i.shape[1]
+            want = k if group_size in (-1, 0) else group_size
+            if (i.group_size or k) != want:
+                raise TmacError(f"--group {group_size} was given but the source has group size {i.group_size}",
+                                tensor=i.name, file=file, rule="requested group size matches the source")
+        if zero_point is not None and bool(i.zero_point) != bool(zero_point):
+            given = "--zero-point" if zero_point else "--no-zero-point"
+            has = "zero points" if i.zero_point else "no zero points (symmetric)"
+            raise TmacError(f"{given} was given but the source has {has}", tensor=i.name, file=file,
+                            rule="requested zero point matches the source")
+
+
+def _check_tensor(t: Tensor, e: TensorPlan) -> None:
+    """The streamed tensor is the one planned (a reader that changed its mind is a bug to report)."""
+    if isinstance(t, QuantTensor) != e.quantized:
+        raise TmacError(f"yielded {'quantised' if isinstance(t, QuantTensor) else 'float'}, planned otherwise",
+                        tensor=e.name, rule="reader yields what tensor_infos() said")
+    if isinstance(t, QuantTensor):
+        gs = t.shape[1] if t.per_tensor_scale else t.group_size
+        got = (t.shape, t.bits, gs, t.zeros is not None, t.per_tensor_scale)
+        want = (tuple(e.shape), e.bits, e.group_size, e.zero_point, e.per_tensor_scale)
+        if got != want:
+            raise TmacError(f"yielded (shape, bits, group, zero point, per-tensor) {got}, planned {want}",
+                            tensor=e.name, rule="reader yields what tensor_infos() said")
+    elif tuple(np.shape(t.data)) != tuple(e.shape):
+        raise TmacError(f"yielded shape {tuple(np.shape(t.data))}, planned {tuple(e.shape)}", tensor=e.name,
+                        rule="reader yields what tensor_infos() said")
+
+
+def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
+    """Encode one tensor (and verify a quantised one); runs in a worker thread."""
+    _check_tensor(t, e)
+    data = get_encoding(e.encoding).encode(t, e)
+    result = None
+    if verify and e.quantized:
+        from .verify import check, verify_tensor
+
+        k = e.shape[1]
+        ags = k if act_group_size == -1 else act_group_size
+        # one thread per tensor: the pipeline already runs one tensor per worker
+        result = verify_tensor(t, data, bm=e.tiles.bm, kfactor=e.tiles.kfactor, act_group_size=ags,
+                               seed=VERIFY_SEED, threads=1)
+        check(result)
+    return e, data, result
+
+
+def _type_label(e: TensorPlan, runtime) -> str:
+    return f"I{e.bits}" if e.quantized else e.encoding.upper()
+
+
+def convert(source: str | Path, out: str | Path | None = None, *, format: str = "gguf", bits: int | None = None,
+            group_size: int | None = None, zero_point: bool | None = None, kcfg: str | Path | Kcfg | None = None,
+            preset: str | None = None, runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
+            force: bool = False, verify: bool = True, act_group_size: int | None = None,
+            tokenizer_pre: str | None = None, progress: Callable[[ProgressUpdate], None] | None = None,
+            **reader_options: Any) -> ConversionReport:
+    """Convert a checkpoint to a T-MAC GGUF (or npz) file.
+
+    Args:
+        source: a local folder/file or a Hugging Face repo id (whatever :func:`tmac_convert.read` takes).
+        out: output path; default ``<source name>.tmac.gguf`` (``.npz``) in the current folder.  A
+            ``<stem>.kcfg.ini`` is written beside it when the model has quantised tensors.
+        format: ``gguf`` or ``npz``.
+        bits, group_size, zero_point: for an already-quantised source, checked against it (a mismatch
+            is an error naming both values); for a float source, the quantisation to apply.
+        kcfg, preset: the tile configuration (a kcfg.ini path or parsed :class:`Kcfg`, or a bundled
+            preset name); checked against every quantised shape before anything is written.  Without
+            either, :func:`tmac_convert.layouts.default_tiles` chooses and a kcfg is generated.
+        runtime: ``tmac`` (T-MAC's pinned fork: ids 36-39, file type 38) or ``aug2024`` (30-33, 32).
+        threads: worker threads (default: all cores); the output does not depend on it.
+        force: overwrite existing outputs.
+        verify: run the kernel-level check on each quantised tensor (a failure raises
+            :class:`VerificationError` and leaves no output).
+        act_group_size: the kernels' activation group size (default: from the kcfg, else 64; -1 = K).
+        tokenizer_pre: ``tokenizer.ggml.pre`` when the pre-tokenizer cannot be recognised.
+        progress: called with a :class:`ProgressUpdate` after each tensor.
+        reader_options: passed to the reader (e.g. ``gptq_format``).
+
+    Returns:
+        A :class:`ConversionReport`.
+    """
+    t0 = time.perf_counter()
+    rt = get_runtime(runtime)
+    writer_cls = get_writer(format)
+    if threads is not None and threads < 1:
+        raise TmacError(f"threads must be at least 1, got {threads}", rule="threads >= 1")
+    if bits is not None and bits not in (1, 2, 3, 4):
+        raise TmacError(f"--bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
+    if group_size is not None and group_size < -1:
+        raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")
+    kc = resolve_kcfg(kcfg, preset)
+    out_path = Path(out) if out is not None else default_out(source, writer_cls.suffix)
+
+    from .readers import read
+
+    opts = dict(reader_options)
+    for k, v in (("bits", bits), ("group_size", group_size), ("zero_point", zero_point)):
+        if v is not None:
+            opts[k] = v
+    model: SourceModel = read(source, **opts)
+    infos = model.tensor_infos()
+    check_requested(infos, bits=bits, group_size=group_size, zero_point=zero_point, file=str(model.path))
+    extras = extra_tensors(model, {i.name for i in infos})
+    all_infos = infos + [TensorInfo(t.name, tuple(t.data.shape), nbytes=t.data.nbytes) for t in extras]
+    plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
+                      generated=frozenset(t.name for t in extras))
+
+    ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre, notes=list(model.notes))
+    writer = writer_cls(ctx)
+    writer.prepare()
+    kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
+    kcfg_text = plan.kcfg.to_ini()
+    targets = [out_path] + ([kcfg_out] if kcfg_out else [])
+    nthreads = threads or cpu_count()
+    report = ConversionReport(
+        source=str(source), source_format=model.format, out=str(out_path), format=format, runtime=rt.name,
+        kcfg_out=str(kcfg_out) if kcfg_out else None,
+        kcfg_from=(kc.source or "given") if kc is not None else "default tiles",
+        act_group_size=plan.act_group_size, threads=nthreads, verified=verify)
+
+    def stream() -> Iterator[Tensor]:
+        yield from model.tensors()
+        yield from extras
+
+    total = len(plan.entries)
+    bytes_total = plan.total_nbytes
+    done_bytes = 0
+    with AtomicOutputs(targets, force=force, needed_bytes=plan.total_nbytes + writer.overhead_bytes()
+                       + len(kcfg_text)) as tmp:
+        writer.open(tmp[out_path])
+        try:
+            work = partial(_work, verify=verify, act_group_size=plan.act_group_size)
+            for n, (e, data, result) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
+                writer.write(e, data, result)
+                done_bytes += e.nbytes
+                report.tensors.append(TensorReport(
+                    e.name, _type_label(e, rt), tuple(e.shape), e.src_nbytes, e.nbytes,
+                    bm=e.tiles.bm if e.tiles else None, kfactor=e.tiles.kfactor if e.tiles else None,
+                    nmse=None if result is None else float(result.nmse),
+                    max_abs_err=None if result is None else float(result.max_abs_err)))
+                del data
+                if progress is not None:
+                    progress(ProgressUpdate(n + 1, total, done_bytes, bytes_total, e.name))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if kcfg_out is not None:
+            tmp[kcfg_out].write_text(kcfg_text)
+    report.notes = ctx.notes
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+__all__ = ["convert", "ConversionReport", "TensorReport", "ProgressUpdate", "check_requested",
+           "resolve_kcfg", "default_out", "kcfg_path_for", "VerificationError"]

@@ -1,0 +1,184 @@
+"""Numpy reference of T-MAC's LUT GEMM, working on the Format A blob itself (section 4 of the format notes).
+
+It reads the permuted bytes exactly as the runtime does, so agreeing with float math proves the layout,
+and it fixes the order of every float32 operation, which the native kernels repeat: the native result
+equals this one bit for bit (the tests assert equality).
+
+Algebra (4.1): each weight bit is read as ``sigma = 2·beta − 1``; ``w − 2^(b−1) = sum_i alpha_i sigma_i − 1/2``
+with ``alpha = [1/2, 1, 2, 4]``.  For one activation row, per LUT group ``j`` of 4 activations,
+``LUT_j[c] = sum_t (2·bit_t(c) − 1)·x[4j+t]``; the kernel sums ``LUT_j[code]`` over the bit-row's codes
+and the final ``y[m0] = sum_i alpha_i·C[row(m0, i)]``.
+
+Order of operations (float32 throughout unless said otherwise):
+
+1. LUT (4.2): the 8 odd entries ``c = 2c'+1`` are ``((x0 ± x1) ± x2) ± x3`` (sign + where bit ``t`` of
+   ``c`` is set); the even ones mirror them, ``LUT[c] = −LUT[15 − c]``.  Per act group: ``amax`` = max of
+   ``((|x0|+|x1|)+|x2|)+|x3|``, ``scale = amax/127``, ``q = clip(rint(LUT·(1/scale)), −128, 127)``
+   (reciprocal 0 when it is not finite; rint rounds half to even), ``bias = sum_j LUT_j[0]`` added in
+   table order starting from 0 (``= −sum x``).  ``lut="float"`` keeps the float entries, scale 1.
+2. Per kfactor chunk and act sub-group of ``actk`` tables: an exact integer sum of the int8 entries
+   (int16 in the kernels) — or a float sum in table order for the float LUT, or the rounding-halving
+   tree of fast aggregation — then ``val = float(sum)·scale``, ``val = val + bias`` on bit-plane-0 rows;
+   the chunk's ``acc`` adds the sub-groups' ``val`` in order, ``bsum`` their raw biases.
+3. ``C = C + acc·s`` with the row's group scale (``C = C + acc`` for a per-tensor scale), then on
+   bit-plane-0 rows with zero points ``C = C + 2·(z'·bsum)``; chunks in K order, C starting at 0.
+4. ``y = 0.5·C_0``, then ``y = y + alpha_i·C_i`` for i = 1..b−1; a per-tensor scale multiplies last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Problem, fast_aggregation_bias_factor
+
+F32 = np.float32
+_ROWS_PER_PASS = 16  # activation rows handled together: bounds the lookup arrays to ~16·K/4·bm values
+
+
+def build_lut(x: np.ndarray, ags: int, bias_group: int, lut: str = "int8") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tables of one or more activation rows.
+
+    Args:
+        x: float32 ``[N, K]``.
+        ags: activations per LUT scale (divides K, multiple of 4).
+        bias_group: activations per bias, ``4·actk`` (= ``ags`` unless ``ags > 4·kfactor``): the bias is
+            added once per act sub-group, so it must sum exactly that sub-group's activations.
+        lut: ``"int8"`` (quantised tables) or ``"float"``.
+
+    Returns:
+        ``(tables, scales, biases)``: int8 (or float32) ``[N, K/4, 16]`` in natural code order, float32
+        ``[N, K/ags]`` LUT scales (1 for float tables) and float32 ``[N, K/bias_group]`` biases ``−sum x``.
+    """
+    x = np.ascontiguousarray(x, dtype=F32)
+    n, k = x.shape
+    x4 = x.reshape(n, k // 4, 4)
+    x0, x1, x2, x3 = (x4[:, :, t:t + 1] for t in range(4))
+    c = np.arange(8)  # odd code 2c'+1: bits 1..3 of the code are bits 0..2 of c'
+    odd = np.where(c & 1, x0 + x1, x0 - x1)
+    odd = np.where(c & 2, odd + x2, odd - x2)
+    odd = np.where(c & 4, odd + x3, odd - x3)  # [N, K/4, 8] float32, each step rounded like the C code
+
+    per = ags // 4
+    groups = k // ags
+    lut0 = -odd[:, :, 7]  # LUT[0] = -LUT[15]
+    bias = np.add.accumulate(lut0.reshape(n, k // bias_group, bias_group // 4), axis=2)[:, :, -1]
+    if lut == "float":
+        table = np.empty((n, k // 4, 16), dtype=F32)
+        table[:, :, 1::2] = odd
+        table[:, :, 0::2] = -odd[:, :, ::-1]
+        return table, np.ones((n, groups), dtype=F32), bias
+
+    a = np.abs(x4)
+    absum = ((a[:, :, 0] + a[:, :, 1]) + a[:, :, 2]) + a[:, :, 3]
+    scale = absum.reshape(n, groups, per).max(axis=2) / F32(127)
+    with np.errstate(over="ignore"):
+        rscale = np.divide(F32(1), scale, out=np.zeros_like(scale), where=scale != 0)
+    rscale[~np.isfinite(rscale)] = 0  # a scale so small that 1/scale overflows: entries quantise to 0
+    r = np.repeat(rscale, per, axis=1)[:, :, None]
+    q = np.clip(np.rint(odd * r), -128, 127).astype(np.int8)
+    table = np.empty((n, k // 4, 16), dtype=np.int8)
+    table[:, :, 1::2] = q
+    table[:, :, 0::2] = -q[:, :, ::-1]  # position 2i holds LUT[2i] = -LUT[15-2i] = -q[7-i]
+    return table, scale, bias
+
+
+def _sub_group_values(vals: np.ndarray, p: Problem, lut: str, fast_aggregation: bool) -> np.ndarray:
+    """Lookups ``[n, KO, kfactor, bm]`` -> float32 sub-group sums ``[n, KO, nsub, bm]`` before scaling."""
+    n, ko, kf, bm = vals.shape
+    v = vals.reshape(n, ko, kf // p.actk, p.actk, bm)
+    if lut == "float":
+        return np.add.accumulate(v, axis=3)[:, :, :, -1]
+    if fast_aggregation:
+        t = v.astype(np.int16)
+        while t.shape[3] > 1:  # one level of the tree per pass: log2(actk) passes
+            t = (t[:, :, :, 0::2] + t[:, :, :, 1::2] + 1) >> 1
+        return t[:, :, :, 0].astype(F32)
+    return v.sum(axis=3, dtype=np.int32).astype(F32)  # exact; |sum| <= actk·128 fits int16
+
+
+def gemm(weights: np.ndarray, scales: np.ndarray, x: np.ndarray, p: Problem, *, lut: str = "int8",
+         fast_aggregation: bool = False) -> np.ndarray:
+    """``y = x @ W.T`` computed from the blob's two parts.
+
+    Args:
+        weights: uint8 ``[M0·K·bits/8]``, the permuted weight bytes.
+        scales: float32 ``[scales_size]``, the permuted scales (and zeros) that follow them.
+        x: float32 ``[N, K]``.
+        p: the checked problem (:func:`tmac_convert.kernels.spec.resolve`).
+
+    Returns:
+        float32 ``[N, M0]``.
+    """
+    n = x.shape[0]
+    y = np.empty((n, p.m0), dtype=F32)
+    for r0 in range(0, n, _ROWS_PER_PASS):
+        xs = x[r0:r0 + _ROWS_PER_PASS]
+        table, lscale, lbias = build_lut(xs, p.ags, 4 * p.actk, lut)
+        vscale, vbias = lscale, lbias
+        if fast_aggregation and lut == "int8":
+            vscale = lscale * F32(p.actk)  # the tree returns about sum/actk
+            per = p.ags // (4 * p.actk)  # bias sub-groups per act group
+            vbias = lbias - np.repeat(vscale, per, axis=1) * F32(fast_aggregation_bias_factor(p.actk, p.bits))
+        y[r0:r0 + len(xs)] = _gemm_rows(weights, scales, table, vscale, vbias, lbias, p, lut, fast_aggregation)
+    return y
+
+
+def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: str, fast_aggregation: bool):
+    n = table.shape[0]
+    kf, bm, b = p.kfactor, p.bm, p.bits
+    ko_n, nb, pt = p.k // (4 * kf), bm // 32, p.outputs_per_tile
+    nsub = kf // p.actk
+    tile_bytes = p.k * bm // 8
+    flat_table = table.reshape(n, -1)
+
+    # Per chunk and sub-group: the act group of its first table.
+    first_table = np.arange(ko_n)[:, None] * kf + np.arange(nsub)[None, :] * p.actk
+    ag = first_table * 4 // p.ags                                                   # [KO, nsub] scale index
+    sg = first_table // p.actk                                                      # [KO, nsub] bias index
+    vs, vb, zb = vscale[:, ag][..., None], vbias[:, sg][..., None], zbias[:, sg]    # [n, KO, nsub(, 1)]
+    bsum = zb[:, :, 0]
+    for s in range(1, nsub):
+        bsum = bsum + zb[:, :, s]                                                   # [n, KO]
+
+    rr = np.arange(bm)
+    plane0 = (rr // 8) % b == 0                                                     # bias rows
+    out_of_row = (rr // (8 * b)) * 8 + rr % 8                                      # output within the tile
+    # Table index of every (chunk, ki): the flat table offset j·16 that a code is added to.
+    j16 = (np.arange(ko_n)[:, None, None] * kf + np.arange(kf)[None, :, None]) * 16   # [KO, kf, 1]
+    grp = np.arange(ko_n) * 4 * kf // p.group_size                                  # [KO]
+    per_tile_scales = 1 if p.per_tensor else p.groups * pt * (2 if p.zero_point else 1)
+
+    y = np.empty((n, p.m0), dtype=F32)
+    for t in range(p.tiles):
+        w = weights[t * tile_bytes:(t + 1) * tile_bytes].reshape(ko_n, nb, kf, 16)
+        code = np.stack([w & 15, w >> 4], axis=3).transpose(0, 2, 1, 3, 4).reshape(ko_n, kf, bm)  # row = 32B+16h+l
+        vals = flat_table[:, j16 + code]                                            # [n, KO, kf, bm]
+        sums = _sub_group_values(vals, p, lut, fast_aggregation)                    # [n, KO, nsub, bm]
+        val = sums * vs
+        val = np.where(plane0, val + vb, val)
+        acc = val[:, :, 0]
+        for s in range(1, nsub):
+            acc = acc + val[:, :, s]                                                # [n, KO, bm]
+        if p.per_tensor:
+            steps = acc
+        else:
+            st = scales[t * per_tile_scales:(t + 1) * per_tile_scales]
+            if p.zero_point:
+                both = st.reshape(p.groups, pt // 8, 2, 8)
+                s_g, z_g = both[:, :, 0].reshape(p.groups, pt), both[:, :, 1].reshape(p.groups, pt)
+            else:
+                s_g, z_g = st.reshape(p.groups, pt), None
+            steps = acc * s_g[grp][:, out_of_row]
+            if z_g is not None:
+                zc = F32(2) * (z_g[grp][:, out_of_row] * bsum[:, :, None])
+                zc = np.where(plane0, zc, F32(0))
+                steps = np.stack([steps, zc], axis=2).reshape(n, 2 * ko_n, bm)   # C += acc·s, then C += zc
+        c = np.add.accumulate(steps, axis=1)[:, -1]                                 # chunks in K order
+        cr = c.reshape(n, pt // 8, b, 8)
+        yt = F32(0.5) * cr[:, :, 0]
+        for i in range(1, b):
+            yt = yt + F32(1 << (i - 1)) * cr[:, :, i]
+        if p.per_tensor:
+            yt = yt * scales[0]
+        y[:, t * pt:(t + 1) * pt] = yt.reshape(n, pt)
+    return y

@@ -1,0 +1,142 @@
+"""The bounded conversion pipeline: read -> (encode + verify on a worker pool) -> write, in order.
+
+    reader thread:  next(tensors) --submit--> worker pool: encode (pack) + verify
+    caller thread:  takes the futures in reader order and writes each result
+
+Three kinds of work overlap: the reader (unpacking the source, numpy), the workers (the native pack
+and the kernel check, both releasing the GIL) and the writer (file I/O in the caller's thread).
+Results come out strictly in reader order, so the output does not depend on the thread count.
+
+Memory is bounded by a budget taken *before* the reader loads a tensor and given back only after
+the caller has written it: at most ``threads + 2`` tensors and :data:`INFLIGHT_BYTES` source bytes
+are alive at once (a single tensor larger than that runs alone).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import TmacError
+
+INFLIGHT_BYTES = 384 << 20
+_END = object()
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Budget:
+    """Counts tensors and bytes in flight; ``acquire`` blocks until there is room (or stop())."""
+
+    def __init__(self, max_bytes: int, max_items: int) -> None:
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self.bytes = self.items = 0
+        self.stopped = False
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            while not self.stopped and self.items and (self.items >= self.max_items
+                                                       or self.bytes + n > self.max_bytes):
+                self.cond.wait()
+            if self.stopped:
+                raise _Stopped
+            self.items += 1
+            self.bytes += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.items -= 1
+            self.bytes -= n
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any, Any], Any], *,
+                 threads: int, max_bytes: int = INFLIGHT_BYTES) -> Iterator[Any]:
+    """Yield ``work(tensor, entry)`` for each tensor, in order, computed on ``threads`` workers.
+
+    Args:
+        tensors: the reader's stream; tensor ``i`` must be named ``entries[i].name``.
+        entries: the plan entries (``name`` and ``src_nbytes`` are used for checks and the budget).
+        work: the per-tensor job (runs in a worker thread; must be thread-safe).
+        threads: worker threads; 1 runs everything in the caller's thread, in sequence.
+        max_bytes: source bytes allowed in flight.
+
+    Raises:
+        TmacError: when the stream does not follow ``entries``; anything ``work`` or the reader raises.
+    """
+
+    def planned(i: int, t: Any) -> Any:
+        if i >= len(entries):
+            raise TmacError("the reader yielded more tensors than it announced", tensor=t.name,
+                            rule="reader yields what tensor_infos() said")
+        e = entries[i]
+        if t.name != e.name:
+            raise TmacError(f"yielded where {e.name} was announced", tensor=t.name,
+                            rule="reader yields what tensor_infos() said")
+        return e
+
+    if threads <= 1:
+        for i, t in enumerate(tensors):
+            yield work(t, planned(i, t))
+        return
+
+    budget = _Budget(max_bytes, threads + 2)
+    q: queue.Queue = queue.Queue()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="tmac-convert")
+
+    def produce() -> None:
+        try:
+            it = iter(tensors)
+            i = 0
+            while True:
+                n = entries[i].src_nbytes if i < len(entries) else 0
+                budget.acquire(n)
+                try:
+                    t = next(it)
+                except StopIteration:
+                    budget.release(n)
+                    q.put(_END)
+                    return
+                q.put((pool.submit(work, t, planned(i, t)), n))
+                del t
+                i += 1
+        except _Stopped:
+            return
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            q.put(e)
+
+    reader = threading.Thread(target=produce, name="tmac-convert-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            fut, n = item
+            try:
+                yield fut.result()
+            finally:
+                budget.release(n)
+    finally:
+        budget.stop()
+        while True:  # cancel what the reader queued but nobody will take
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                item[0].cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        reader.join(timeout=30)

@@ -1,0 +1,148 @@
+"""What every Hugging Face-folder reader shares: config, tokenizer files, expected shapes, naming.
+
+The GPTQ, float and BitNet readers all start from an HF model folder (``config.json`` + safetensors
++ tokenizer files); this module reads the folder-level facts once and answers the per-tensor
+questions (llama.cpp name, q/k permutation, expected ``(M0, K)``, whether a bias is expected).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..errors import TmacError
+from . import naming
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")
+
+# Tensors llama.cpp's converter skips on purpose (precomputed RoPE tables).
+_SKIP = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object, raising :class:`TmacError` naming the file when it is unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TmacError(f"cannot read: {e.strerror or e}", file=str(path), rule="readable file") from None
+    except ValueError as e:
+        raise TmacError(f"not valid JSON ({e})", file=str(path), rule="valid JSON") from None
+    if not isinstance(obj, dict):
+        raise TmacError("expected a JSON object", file=str(path), rule="valid JSON")
+    return obj
+
+
+def model_folder(path: Path) -> Path:
+    """The folder holding ``config.json`` for a source that is a folder or one file inside it."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def tokenizer_files(folder: Path) -> dict[str, Path]:
+    """Tokenizer (and generation config) files present in ``folder``: file name -> path."""
+    return {n: folder / n for n in TOKENIZER_FILES if (folder / n).is_file()}
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key treating digit runs as numbers (``blk.2`` before ``blk.10``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class HFModel:
+    """Folder-level facts of an HF checkpoint and per-tensor naming/shape rules derived from them."""
+
+    folder: Path
+    config: dict[str, Any]
+    architecture: str
+    arch: gguf.MODEL_ARCH
+    gguf_arch: str
+    n_layers: int
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> "HFModel":
+        """Read ``config.json`` beside ``path``; :class:`TmacError` when missing or without an architecture."""
+        folder = model_folder(path)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise TmacError("no config.json beside the weights (an HF model folder is needed)", file=str(cfg_path),
+                            rule="config.json present")
+        cfg = load_json(cfg_path)
+        archs = cfg.get("architectures") or []
+        if not archs or not isinstance(archs, list):
+            raise TmacError("config.json has no 'architectures' entry", file=str(cfg_path), rule="architecture")
+        arch, name = naming.gguf_arch(str(archs[0]), file=str(cfg_path))
+        n_layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers") or 0)
+        return cls(folder, cfg, str(archs[0]), arch, name, n_layers)
+
+    @property
+    def config_path(self) -> str:
+        return str(self.folder / "config.json")
+
+    def skip(self, hf_name: str) -> bool:
+        """True for tensors llama.cpp does not store (RoPE frequency tables)."""
+        return bool(_SKIP.search(hf_name))
+
+    def gguf_name(self, hf_name: str, file: str | None = None) -> str:
+        """llama.cpp name of an HF tensor (``...q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
+        return naming.gguf_tensor_name_or_fail(hf_name, self.arch, self.n_layers, file=file)
+
+    def permute_heads(self, gguf_name: str) -> int | None:
+        """Heads to permute rows by (Llama-family q/k), or None."""
+        return naming.qk_permute_heads(gguf_name, self.gguf_arch, self.config)
+
+    def permute(self, gguf_name: str, rows: np.ndarray) -> np.ndarray:
+        """Apply the q/k permutation to ``rows`` (axis 0) when ``gguf_name`` needs it."""
+        n = self.permute_heads(gguf_name)
+        return rows if n is None else naming.permute_qk(rows, n)
+
+    def _dims(self) -> dict[str, int] | None:
+        c = self.config
+        try:
+            h = int(c["hidden_size"])
+            nh = int(c["num_attention_heads"])
+            hd = int(c.get("head_dim") or h // nh)
+            kv = int(c.get("num_key_value_heads") or nh)
+            inter = int(c["intermediate_size"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return {"h": h, "q": nh * hd, "kv": kv * hd, "inter": inter}
+
+    def expected_shape(self, gguf_name: str) -> tuple[int, int] | None:
+        """``(M0, K)`` the HF config implies for a projection, or None when unknown."""
+        d = self._dims()
+        if d is None:
+            return None
+        parts = gguf_name.split(".")
+        if len(parts) < 3 or parts[0] != "blk":
+            return None
+        return {"attn_q": (d["q"], d["h"]), "attn_k": (d["kv"], d["h"]), "attn_v": (d["kv"], d["h"]),
+                "attn_output": (d["h"], d["q"]), "ffn_gate": (d["inter"], d["h"]),
+                "ffn_up": (d["inter"], d["h"]), "ffn_down": (d["h"], d["inter"])}.get(parts[2])
+
+    def check_shape(self, gguf_name: str, m0: int, k: int, *, file: str, tensor: str, hint: str = "") -> None:
+        """Raise when a tensor's ``(M0, K)`` contradicts config.json."""
+        want = self.expected_shape(gguf_name)
+        if want is not None and want != (m0, k):
+            raise TmacError(f"shape (M0, K) = ({m0}, {k}) contradicts config.json, which implies {want}{hint}",
+                            file=file, tensor=tensor, rule="config matches tensors")
+
+    def bias_expected(self, gguf_name: str) -> bool:
+        """True when the architecture declares this bias (so it is kept even if all zero)."""
+        parts = gguf_name.split(".")
+        role = parts[2] if len(parts) >= 3 else ""
+        if self.gguf_arch in ("qwen2",) and role in ("attn_q", "attn_k", "attn_v"):
+            return True
+        if role.startswith("attn_"):
+            return bool(self.config.get("attention_bias"))
+        if role.startswith("ffn_"):
+            return bool(self.config.get("mlp_bias"))
+        return True

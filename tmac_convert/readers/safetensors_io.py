@@ -1,0 +1,210 @@
+"""Lazy, memory-mapped access to a (possibly sharded) safetensors checkpoint, one tensor at a time.
+
+Every file's header is parsed and checked here first (so a truncated or malformed file fails with a
+:class:`TmacError` naming it, before any data is touched); tensors are then read through
+``safetensors.safe_open`` (memory-mapped).  BF16 is the exception: numpy has no bfloat16, so BF16
+tensors are memory-mapped as uint16 bit patterns and widened to float32 (exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import TmacError
+
+INDEX_NAME = "model.safetensors.index.json"
+_MAX_HEADER = 100 * 1024 * 1024
+
+#: safetensors dtype name -> (numpy dtype, bytes per element); BF16 maps to its uint16 bit pattern.
+DTYPES: dict[str, tuple[np.dtype, int]] = {
+    "F64": (np.dtype("<f8"), 8), "F32": (np.dtype("<f4"), 4), "F16": (np.dtype("<f2"), 2),
+    "BF16": (np.dtype("<u2"), 2), "I64": (np.dtype("<i8"), 8), "I32": (np.dtype("<i4"), 4),
+    "I16": (np.dtype("<i2"), 2), "I8": (np.dtype("i1"), 1), "U64": (np.dtype("<u8"), 8),
+    "U32": (np.dtype("<u4"), 4), "U16": (np.dtype("<u2"), 2), "U8": (np.dtype("u1"), 1),
+    "BOOL": (np.dtype("?"), 1),
+}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+@dataclass(frozen=True)
+class StEntry:
+    """Where one tensor lives: its file, safetensors dtype, shape and absolute byte range."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def read_header(path: Path) -> tuple[dict[str, StEntry], dict[str, str]]:
+    """Parse and validate a safetensors header: ``(name -> StEntry, __metadata__)``.
+
+    Checks the header length, the JSON, each dtype, that each byte range matches its shape and lies
+    inside the file (a truncated file fails here), and that ranges do not overlap.
+    """
+    path = Path(path)
+    fname = str(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise TmacError("file is shorter than the 8-byte safetensors header length", file=fname,
+                                rule="safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise TmacError(f"header length {n} exceeds the file ({size} bytes): truncated or not "
+                                "safetensors", file=fname, rule="safetensors header")
+            raw = f.read(n)
+    except OSError as e:
+        raise TmacError(f"cannot read: {e.strerror or e}", file=fname, rule="readable file") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TmacError(f"header is not valid JSON ({e})", file=fname, rule="safetensors header") from None
+    if not isinstance(header, dict):
+        raise TmacError("header is not a JSON object", file=fname, rule="safetensors header")
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    data_len = size - base
+    entries: dict[str, StEntry] = {}
+    for name, info in header.items():
+        try:
+            dtype = info["dtype"]
+            shape = tuple(int(x) for x in info["shape"])
+            lo, hi = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise TmacError("malformed header entry", file=fname, tensor=name, rule="safetensors header") from None
+        if dtype not in DTYPES:
+            raise TmacError(f"unsupported dtype {dtype}", file=fname, tensor=name, rule="safetensors dtype")
+        want = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+        if hi - lo != want or lo < 0:
+            raise TmacError(f"byte range {lo}..{hi} does not hold {dtype} {list(shape)} ({want} bytes)",
+                            file=fname, tensor=name, rule="safetensors header")
+        if hi > data_len:
+            raise TmacError(f"data ends at byte {base + hi} but the file has {size} bytes: truncated file",
+                            file=fname, tensor=name, rule="complete file")
+        entries[name] = StEntry(name, path, dtype, shape, base + lo, base + hi)
+    spans = sorted((e.start, e.end, e.name) for e in entries.values() if e.end > e.start)
+    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise TmacError(f"data overlaps tensor {n0}", file=fname, tensor=n1, rule="safetensors header")
+    return entries, {str(k): str(v) for k, v in dict(meta).items()}
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a folder (index-listed shards, or every ``*.safetensors``) or one file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    index = path / INDEX_NAME
+    if index.exists():
+        try:
+            wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TmacError("cannot read its weight_map", file=str(index), rule="safetensors index") from None
+        files = []
+        for shard in dict.fromkeys(wm.values()):
+            p = (path / shard).resolve()
+            if p.parent != path.resolve():
+                raise TmacError(f"shard {shard!r} is outside the model folder", file=str(index),
+                                rule="safetensors index")
+            if not p.exists():
+                raise TmacError(f"shard {shard} listed in the index is missing", file=str(index),
+                                rule="complete checkpoint")
+            files.append(p)
+        return files
+    return sorted(path.glob("*.safetensors"))
+
+
+class SafetensorsCheckpoint:
+    """Every tensor of a checkpoint, by name, loaded lazily (``get``) and never all at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.files = checkpoint_files(self.path)
+        if not self.files:
+            raise TmacError("no .safetensors files found", file=str(self.path), rule="safetensors checkpoint")
+        self.entries: dict[str, StEntry] = {}
+        self.metadata: dict[Path, dict[str, str]] = {}
+        for f in self.files:
+            entries, meta = read_header(f)
+            self.metadata[f] = meta
+            for name, e in entries.items():
+                if name in self.entries:
+                    raise TmacError(f"tensor appears in two files ({self.entries[name].file.name} and {f.name})",
+                                    file=str(f), tensor=name, rule="unique tensor names")
+                self.entries[name] = e
+        self._handles: dict[Path, Any] = {}
+
+    def names(self) -> list[str]:
+        """Tensor names in file order (files in index order, tensors by offset)."""
+        order = {f: i for i, f in enumerate(self.files)}
+        return [e.name for e in sorted(self.entries.values(), key=lambda e: (order[e.file], e.start))]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def entry(self, name: str) -> StEntry:
+        """The header entry of ``name``; :class:`TmacError` when absent."""
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise TmacError("tensor is missing from the checkpoint", file=str(self.path), tensor=name,
+                            rule="required tensor") from None
+
+    def _handle(self, f: Path) -> Any:
+        h = self._handles.get(f)
+        if h is None:
+            from safetensors import safe_open
+            try:
+                h = safe_open(str(f), framework="numpy")
+            except Exception as e:  # safetensors raises its own SafetensorError
+                raise TmacError(f"safetensors cannot open it: {e}", file=str(f), rule="safetensors format") from None
+            self._handles[f] = h
+        return h
+
+    def get(self, name: str) -> np.ndarray:
+        """Load one tensor (a fresh array; BF16 widened to float32, other dtypes as stored)."""
+        e = self.entry(name)
+        if e.dtype == "BF16":
+            mm = np.memmap(e.file, dtype="<u2", mode="r", offset=e.start, shape=e.shape) if e.nbytes else \
+                np.zeros(e.shape, np.uint16)
+            out = (np.asarray(mm).astype(np.uint32) << 16).view(np.float32)
+            del mm
+            return out
+        try:
+            return self._handle(e.file).get_tensor(name)
+        except TmacError:
+            raise
+        except Exception as ex:
+            raise TmacError(f"cannot read tensor data: {ex}", file=str(e.file), tensor=name,
+                            rule="safetensors format") from None
+
+    def get_float(self, name: str) -> np.ndarray:
+        """Load a float tensor as float16 (F16) or float32 (BF16, F32, F64 narrowed)."""
+        e = self.entry(name)
+        if e.dtype not in FLOAT_DTYPES:
+            raise TmacError(f"expected a float tensor, found {e.dtype}", file=str(e.file), tensor=name,
+                            rule="float dtype")
+        a = self.get(name)
+        return a.astype(np.float32) if a.dtype == np.float64 else a
+
+    def iter_entries(self) -> Iterator[StEntry]:
+        for n in self.names():
+            yield self.entries[n]
+
+    def close(self) -> None:
+        self._handles.clear()

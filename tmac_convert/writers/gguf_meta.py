@@ -1,0 +1,473 @@
+"""Model metadata for a GGUF file: hyper-parameters, tokenizer, carried-over keys, T-MAC keys.
+
+* Hyper-parameters come from the HF ``config.json`` and are written with the ``gguf`` package's own
+  writer methods and key names (``{arch}.context_length``...), as llama.cpp's converter does.
+* The vocabulary is read with the ``gguf`` package's vocab helpers (:class:`gguf.vocab.BpeVocab`,
+  :class:`gguf.vocab.SentencePieceVocab`, :class:`gguf.vocab.SpecialVocab`); ``tokenizer.ggml.pre``
+  is chosen from the pre-tokenizer in ``tokenizer.json`` and an unknown one is an error, since a
+  wrong or missing value silently degrades tokenisation.
+* For a GGUF source every key/value carries over with its type (parsed by :mod:`tmac_convert.gguf_tmac`).
+* The ``tmac.*`` keys make the file self-describing (see :class:`TmacMeta`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from .. import __version__
+from ..errors import TmacError
+from ..gguf_tmac import KV, parse as parse_gguf, is_gguf
+from ..readers.base import FloatTensor, SourceModel
+
+log = logging.getLogger(__name__)
+
+CONVERTER = f"tmac-convert {__version__}"
+
+# ---------------------------------------------------------------------------------------------
+# T-MAC keys
+
+TMAC_FORMAT_VERSION = 1
+
+
+class TmacKeys:
+    """Names of the ``tmac.*`` keys (one place; the reader and ``inspect`` use the same names)."""
+
+    FORMAT_VERSION = "tmac.format_version"   # u32: version of this key set
+    CONVERTER = "tmac.converter"             # str: tool and version that wrote the file
+    LAYOUT = "tmac.layout"                   # str: "A" (pre-permuted blobs, section 1 of the notes)
+    RUNTIME = "tmac.runtime"                 # str: type-id numbering: "tmac" (36-39) or "aug2024" (30-33)
+    BITS = "tmac.bits"                       # u32: weight bits of every I-type tensor
+    GROUP_SIZE = "tmac.group_size"           # i32: weights per scale along K (-1: per row, 0: one scale per tensor)
+    ZERO_POINT = "tmac.zero_point"           # bool: zero offsets interleaved with the scales
+    ONE_SCALE = "tmac.one_scale"             # bool: one scale per tensor (BitNet)
+    ACT_GROUP_SIZE = "tmac.act_group_size"   # i32: activation (LUT) group size, -1 = the whole K
+    TENSOR_NAMES = "tmac.tensor_names"       # [str]: the I-type tensors, in file order
+    TENSOR_BM = "tmac.tensor_bm"             # [u32]: bm of each, same order
+    TENSOR_KFACTOR = "tmac.tensor_kfactor"   # [u32]: kfactor of each, same order
+    KCFG = "tmac.kcfg"                       # str: the kcfg.ini text the runtime must use
+
+
+@dataclass
+class TmacMeta:
+    """What the ``tmac.*`` keys say about a file (the same facts go into an npz manifest)."""
+
+    runtime: str
+    bits: int
+    group_size: int
+    zero_point: bool
+    one_scale: bool
+    act_group_size: int
+    tiles: dict[str, tuple[int, int]]  # tensor name -> (bm, kfactor)
+    kcfg: str
+    converter: str = CONVERTER
+    format_version: int = TMAC_FORMAT_VERSION
+    layout: str = "A"
+
+    def add_to(self, w: gguf.GGUFWriter) -> None:
+        w.add_uint32(TmacKeys.FORMAT_VERSION, self.format_version)
+        w.add_string(TmacKeys.CONVERTER, self.converter)
+        w.add_string(TmacKeys.LAYOUT, self.layout)
+        w.add_string(TmacKeys.RUNTIME, self.runtime)
+        w.add_uint32(TmacKeys.BITS, self.bits)
+        w.add_int32(TmacKeys.GROUP_SIZE, self.group_size)
+        w.add_bool(TmacKeys.ZERO_POINT, self.zero_point)
+        w.add_bool(TmacKeys.ONE_SCALE, self.one_scale)
+        w.add_int32(TmacKeys.ACT_GROUP_SIZE, self.act_group_size)
+        names = list(self.tiles)
+        if names:
+            w.add_key_value(TmacKeys.TENSOR_NAMES, names, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+            w.add_key_value(TmacKeys.TENSOR_BM, [self.tiles[n][0] for n in names], gguf.GGUFValueType.ARRAY,
+                            gguf.GGUFValueType.UINT32)
+            w.add_key_value(TmacKeys.TENSOR_KFACTOR, [self.tiles[n][1] for n in names], gguf.GGUFValueType.ARRAY,
+                            gguf.GGUFValueType.UINT32)
+        w.add_string(TmacKeys.KCFG, self.kcfg)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "converter": self.converter, "layout": self.layout,
+                "runtime": self.runtime, "bits": self.bits, "group_size": self.group_size,
+                "zero_point": self.zero_point, "one_scale": self.one_scale, "act_group_size": self.act_group_size,
+                "kcfg": self.kcfg}
+
+    @classmethod
+    def from_kv(cls, kv: dict[str, KV], file: str) -> "TmacMeta | None":
+        """Read the keys back; None when the file has none; :class:`TmacError` when they are inconsistent."""
+        if TmacKeys.FORMAT_VERSION not in kv:
+            return None
+
+        def get(key: str, types: tuple[type, ...], default: Any = ...) -> Any:
+            if key not in kv:
+                if default is not ...:
+                    return default
+                raise TmacError(f"key {key} is missing", file=file, rule="tmac keys complete")
+            v = kv[key].value
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                raise TmacError(f"key {key} has a value of the wrong type ({type(v).__name__})", file=file,
+                                rule="tmac key types")
+            return v
+
+        version = get(TmacKeys.FORMAT_VERSION, (int,))
+        if version > TMAC_FORMAT_VERSION:
+            raise TmacError(f"tmac.format_version {version} is newer than this tool reads ({TMAC_FORMAT_VERSION}); "
+                            "upgrade tmac-convert", file=file, rule="tmac format version")
+        names = get(TmacKeys.TENSOR_NAMES, (list,), [])
+        bms = get(TmacKeys.TENSOR_BM, (np.ndarray, list), np.zeros(0, dtype=np.uint32))
+        kfs = get(TmacKeys.TENSOR_KFACTOR, (np.ndarray, list), np.zeros(0, dtype=np.uint32))
+        if not (len(names) == len(bms) == len(kfs)):
+            raise TmacError(f"tmac.tensor_names ({len(names)}), tmac.tensor_bm ({len(bms)}) and tmac.tensor_kfactor "
+                            f"({len(kfs)}) differ in length", file=file, rule="tmac keys consistent")
+        if not all(isinstance(n, str) for n in names):
+            raise TmacError("tmac.tensor_names holds a non-string", file=file, rule="tmac key types")
+        return cls(runtime=get(TmacKeys.RUNTIME, (str,)), bits=get(TmacKeys.BITS, (int,)),
+                   group_size=get(TmacKeys.GROUP_SIZE, (int,)), zero_point=get(TmacKeys.ZERO_POINT, (bool,)),
+                   one_scale=get(TmacKeys.ONE_SCALE, (bool,)), act_group_size=get(TmacKeys.ACT_GROUP_SIZE, (int,)),
+                   tiles={n: (int(b), int(k)) for n, b, k in zip(names, bms, kfs)}, kcfg=get(TmacKeys.KCFG, (str,)),
+                   converter=get(TmacKeys.CONVERTER, (str,), ""), format_version=version,
+                   layout=get(TmacKeys.LAYOUT, (str,), "A"))
+
+
+# ---------------------------------------------------------------------------------------------
+# hyper-parameters from an HF config
+
+def _first(cfg: dict, *keys: str) -> Any:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return None
+
+
+def text_config(config: dict) -> dict:
+    """The language-model part of an HF config (multimodal configs nest it under ``text_config``)."""
+    return {**config, **config["text_config"]} if isinstance(config.get("text_config"), dict) else config
+
+
+def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str]) -> None:
+    """Write llama.cpp's hyper-parameter keys for ``arch`` from an HF config (what llama.cpp's converter
+    writes for the Llama family, Qwen2 and BitNet: sizes, heads, norms, RoPE)."""
+    c = text_config(config)
+    n_layers = _first(c, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _first(c, "hidden_size", "n_embd", "d_model")
+    heads = _first(c, "num_attention_heads", "n_head")
+    if n_layers is None or hidden is None:
+        raise TmacError("config.json lacks num_hidden_layers or hidden_size", rule="hyper-parameters present")
+    w.add_block_count(int(n_layers))
+    w.add_embedding_length(int(hidden))
+    if (v := _first(c, "max_position_embeddings", "n_ctx", "n_positions", "max_length")) is not None:
+        w.add_context_length(int(v))
+    if (v := _first(c, "intermediate_size", "n_inner")) is not None:
+        w.add_feed_forward_length(int(v))
+    if heads is not None:
+        w.add_head_count(int(heads))
+        w.add_head_count_kv(int(_first(c, "num_key_value_heads", "n_head_kv") or heads))
+    if (v := c.get("rope_theta")) is not None:
+        w.add_rope_freq_base(float(v))
+    if (v := c.get("rms_norm_eps")) is not None:
+        w.add_layer_norm_rms_eps(float(v))
+    if (v := _first(c, "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")) is not None:
+        w.add_layer_norm_eps(float(v))
+    if (v := c.get("vocab_size")) is not None:
+        w.add_vocab_size(int(v))
+    head_dim = c.get("head_dim")
+    if heads:
+        rope_dim = int(head_dim) if head_dim else int(hidden) // int(heads)
+        if head_dim and int(head_dim) != int(hidden) // int(heads):
+            w.add_key_length(int(head_dim))
+            w.add_value_length(int(head_dim))
+        if arch in ("llama", "bitnet"):
+            w.add_rope_dimension_count(rope_dim)
+    scaling = c.get("rope_scaling") or {}
+    rtype = scaling.get("rope_type", scaling.get("type"))
+    if rtype == "linear" and scaling.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif rtype == "yarn" and scaling.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        if scaling.get("original_max_position_embeddings"):
+            w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif rtype == "llama3":
+        notes.append("rope scaling llama3: factors written as rope_freqs.weight")
+    elif rtype not in (None, "default"):
+        notes.append(f"rope scaling {rtype!r} is not written; long-context behaviour may differ")
+    if arch == "bitnet" and not rtype:
+        # llama.cpp's converter marks BitNet's RoPE as linear with factor 1
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(1.0)
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray | None:
+    """float32 ``[head_dim/2]`` frequency factors of Llama 3.1-style RoPE scaling, or None.
+
+    Wavelengths shorter than ``original/high_freq_factor`` keep factor 1, longer than
+    ``original/low_freq_factor`` get ``factor``, and those between are interpolated smoothly.
+    """
+    c = text_config(config)
+    s = c.get("rope_scaling") or {}
+    if s.get("rope_type", s.get("type")) != "llama3":
+        return None
+    base = float(c.get("rope_theta", 10000.0))
+    heads = int(c["num_attention_heads"])
+    dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+    factor = float(s.get("factor", 8.0))
+    low = float(s.get("low_freq_factor", 1.0))
+    high = float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, mid))
+    return out.astype(np.float32)
+
+
+def extra_tensors(model: SourceModel, existing: set[str]) -> list[FloatTensor]:
+    """Tensors llama.cpp expects that a checkpoint does not store (Llama 3.1 ``rope_freqs.weight``)."""
+    out = []
+    if model.gguf_arch == "llama" and model.config and "rope_freqs.weight" not in existing:
+        f = llama3_rope_factors(model.config)
+        if f is not None:
+            out.append(FloatTensor("rope_freqs.weight", f))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+
+# llama.cpp ``tokenizer.ggml.pre`` names by the Split regex in tokenizer.json (ByteLevel BPE).
+_PRE_BY_REGEX: dict[str, str] = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "qwen2",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+": "gpt-2",
+}
+KNOWN_PRE = sorted(set(_PRE_BY_REGEX.values()) | {"default"})
+
+
+def detect_pre(tokenizer_json: dict, file: str) -> str:
+    """llama.cpp's pre-tokenizer name for a byte-level BPE ``tokenizer.json`` (raises for an unknown one)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
+    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    if not regexes and byte_level and byte_level[0].get("use_regex", True):
+        return "gpt-2"
+    if len(regexes) == 1 and regexes[0] in _PRE_BY_REGEX:
+        return _PRE_BY_REGEX[regexes[0]]
+    shown = regexes[0] if regexes else json.dumps(pre)[:120]
+    raise TmacError(f"unknown pre-tokenizer {shown!r}; llama.cpp would tokenise wrongly without the right "
+                    f"tokenizer.ggml.pre: name it with --tokenizer-pre (e.g. {', '.join(KNOWN_PRE)})",
+                    file=file, rule="known tokenizer.ggml.pre")
+
+
+def _tokenizer_dir(files: dict[str, Path], stack: list) -> Path | None:
+    """One folder holding all tokenizer files (a temporary folder of links when they are spread out)."""
+    if not files:
+        return None
+    parents = {Path(p).parent for p in files.values()}
+    if len(parents) == 1:
+        return parents.pop()
+    tmp = tempfile.TemporaryDirectory(prefix="tmac-tok-")
+    stack.append(tmp)
+    for name, p in files.items():
+        os.symlink(Path(p).resolve(), Path(tmp.name) / name)
+    return Path(tmp.name)
+
+
+@dataclass
+class TokenizerData:
+    """A vocabulary ready to write: ``model`` (``gpt2``/``llama``/``none``), ``pre``, tokens and specials."""
+
+    model: str
+    pre: str | None = None
+    tokens: list[bytes] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    special: gguf.SpecialVocab | None = None
+
+    def add_to(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        if self.model == "none":
+            return
+        if self.pre:
+            w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        if self.model == "llama":
+            w.add_token_scores(self.scores)
+        w.add_token_types(self.types)
+        if self.special is not None:
+            self.special.add_to_gguf(w, quiet=True)
+
+
+def load_tokenizer(model: SourceModel, *, pre_override: str | None = None, notes: list[str]) -> TokenizerData:
+    """Read the source's tokenizer with the ``gguf`` package's vocab helpers.
+
+    * ``tokenizer.json`` with a byte-level BPE model -> ``gpt2`` vocabulary, merges, ``pre`` by regex;
+    * ``tokenizer.model`` (SentencePiece) -> ``llama`` vocabulary with scores (needs ``sentencepiece``);
+    * nothing -> ``none`` and a note (llama.cpp then loads the model but cannot tokenise).
+    The vocabulary is padded with unused ``[PAD{i}]`` tokens up to the config's ``vocab_size``.
+    """
+    stack: list = []
+    try:
+        d = _tokenizer_dir(model.tokenizer_files, stack)
+        if d is None or not ((d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()):
+            notes.append("no tokenizer files: the GGUF has no vocabulary (tokenizer.ggml.model = none)")
+            return TokenizerData("none")
+        n_vocab = text_config(model.config).get("vocab_size") if model.config else None
+        tj_path = d / "tokenizer.json"
+        tj = None
+        if tj_path.is_file():
+            try:
+                tj = json.loads(tj_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise TmacError(f"cannot read tokenizer.json: {e}", file=str(tj_path), rule="tokenizer.json") from None
+        tm = tj.get("model", {}) if isinstance(tj, dict) else {}
+        if tj is not None and tm.get("type") == "BPE" and not tm.get("byte_fallback", False):
+            try:
+                vocab = gguf.vocab.BpeVocab(d)
+            except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+                raise TmacError(f"not a byte-level BPE tokenizer the gguf package reads: {e}", file=str(tj_path),
+                                rule="tokenizer readable") from None
+            pre = pre_override or detect_pre(tj, str(tj_path))
+            data = TokenizerData("gpt2", pre=pre)
+            for text, score, ttype in vocab.all_tokens():
+                data.tokens.append(text if isinstance(text, bytes) else str(text).encode("utf-8"))
+                data.types.append(int(ttype))
+            _mark_added_specials(tj, data)
+            load_merges = True
+        elif (d / "tokenizer.model").is_file():
+            try:
+                vocab = gguf.vocab.SentencePieceVocab(d)
+            except RuntimeError:
+                raise TmacError("reading tokenizer.model needs the sentencepiece package (pip install sentencepiece)",
+                                file=str(d / "tokenizer.model"), rule="tokenizer readable") from None
+            except (FileNotFoundError, ValueError, OSError) as e:
+                raise TmacError(f"cannot read tokenizer.model: {e}", file=str(d / "tokenizer.model"),
+                                rule="tokenizer readable") from None
+            data = TokenizerData("llama", pre=pre_override or "default")
+            for text, score, ttype in vocab.all_tokens():
+                data.tokens.append(text)
+                data.scores.append(float(score))
+                data.types.append(int(ttype))
+            load_merges = False
+        else:
+            kind = tm.get("type", "unknown")
+            raise TmacError(f"tokenizer.json holds a {kind} model with byte_fallback={tm.get('byte_fallback')}, which "
+                            "needs tokenizer.model (SentencePiece) beside it", file=str(tj_path),
+                            rule="tokenizer readable")
+        if n_vocab is not None and int(n_vocab) > len(data.tokens):
+            for i in range(len(data.tokens), int(n_vocab)):
+                data.tokens.append(f"[PAD{i}]".encode("utf-8"))
+                data.scores.append(-1000.0)
+                data.types.append(int(gguf.TokenType.UNUSED))
+        if data.model == "gpt2":
+            data.scores = []
+        try:
+            data.special = gguf.SpecialVocab(d, load_merges=load_merges, n_vocab=len(data.tokens))
+        except (ValueError, OSError, json.JSONDecodeError) as e:
+            raise TmacError(f"cannot read special tokens: {e}", file=str(d), rule="tokenizer readable") from None
+        if load_merges and not data.special.merges:
+            raise TmacError("BPE tokenizer without merges (llama.cpp refuses such a vocabulary)", file=str(tj_path),
+                            rule="BPE merges present")
+        return data
+    finally:
+        for s in stack:
+            s.cleanup()
+
+
+def _mark_added_specials(tj: dict, data: TokenizerData) -> None:
+    """Added tokens flagged ``special`` in tokenizer.json are CONTROL tokens (as llama.cpp's converter marks them)."""
+    for t in tj.get("added_tokens") or []:
+        i = t.get("id")
+        if isinstance(i, int) and 0 <= i < len(data.types):
+            data.types[i] = int(gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED)
+
+
+# ---------------------------------------------------------------------------------------------
+# carrying over a GGUF source's metadata
+
+# Keys the writer sets itself (or that describe the source file's own layout).
+_NOT_CARRIED = ("general.architecture", "general.file_type", "general.alignment", "split.")
+
+
+def carried_kv(model: SourceModel) -> list[KV]:
+    """Every key/value of a GGUF source, typed as in the source file (minus layout keys and ``tmac.*``)."""
+    kvs: list[KV] = []
+    typed = getattr(model._reader, "gguf_kv", None)
+    if typed is not None:
+        kvs = list(typed(model))
+    elif model.path is not None and is_gguf(model.path):
+        kvs = list(parse_gguf(model.path).kv.values())
+    elif model.gguf_metadata:
+        for k, v in model.gguf_metadata.items():
+            kvs.append(_guess_kv(k, v))
+    return [kv for kv in kvs if not kv.key.startswith("tmac.") and not any(
+        kv.key == p or (p.endswith(".") and kv.key.startswith(p)) for p in _NOT_CARRIED)]
+
+
+def _guess_kv(key: str, v: Any) -> KV:
+    T = gguf.GGUFValueType
+    if isinstance(v, bool):
+        return KV(key, T.BOOL, v)
+    if isinstance(v, int):
+        return KV(key, T.UINT32 if 0 <= v < 2**32 else T.INT64, v)
+    if isinstance(v, float):
+        return KV(key, T.FLOAT32, v)
+    if isinstance(v, (str, bytes)):
+        return KV(key, T.STRING, v)
+    if isinstance(v, np.ndarray):
+        sub = {"u1": T.UINT8, "i1": T.INT8, "u2": T.UINT16, "i2": T.INT16, "u4": T.UINT32, "i4": T.INT32,
+               "f4": T.FLOAT32, "u8": T.UINT64, "i8": T.INT64, "f8": T.FLOAT64, "b1": T.BOOL}[v.dtype.str[1:]]
+        return KV(key, T.ARRAY, v, sub)
+    if isinstance(v, (list, tuple)):
+        sub = _guess_kv(key, v[0]).vtype if len(v) else T.UINT32
+        return KV(key, T.ARRAY, list(v), sub)
+    raise TmacError(f"metadata key {key}: a value of type {type(v).__name__} cannot be written to GGUF",
+                    rule="metadata types")
+
+
+def add_kv(w: gguf.GGUFWriter, kv: KV) -> None:
+    """Add one typed key/value to a writer (arrays as lists; numpy scalars as Python numbers)."""
+    value = kv.value
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    w.add_key_value(kv.key, value, gguf.GGUFValueType(kv.vtype),
+                    None if kv.sub_type is None else gguf.GGUFValueType(kv.sub_type))
+
+
+def kv_to_json(kv: KV) -> dict[str, Any]:
+    """A typed key/value as JSON (for the npz manifest); bytes become latin-1 text with a flag."""
+    v = kv.value
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    out: dict[str, Any] = {"key": kv.key, "type": int(kv.vtype)}
+    if kv.sub_type is not None:
+        out["sub_type"] = int(kv.sub_type)
+    if isinstance(v, bytes):
+        out["bytes"] = True
+        v = v.decode("latin-1")
+    elif isinstance(v, list) and any(isinstance(x, bytes) for x in v):
+        out["bytes"] = True
+        v = [x.decode("latin-1") if isinstance(x, bytes) else x for x in v]
+    out["value"] = v
+    return out
+
+
+def kv_from_json(d: dict[str, Any]) -> KV:
+    """Inverse of :func:`kv_to_json` (numeric arrays come back as lists)."""
+    v = d["value"]
+    if d.get("bytes"):
+        v = v.encode("latin-1") if isinstance(v, str) else [x.encode("latin-1") for x in v]
+    vt = int(d["type"])
+    if vt not in range(13):
+        raise TmacError(f"metadata {d.get('key')!r} has value type {vt}", rule="manifest schema")
+    return KV(str(d["key"]), vt, v, None if d.get("sub_type") is None else int(d["sub_type"]))

@@ -1,0 +1,137 @@
+"""The T-MAC GGUF writer, built on the ``gguf`` package's :class:`gguf.GGUFWriter`.
+
+Contents of a file:
+
+* key/values: ``general.architecture``; for an HF source the hyper-parameters from ``config.json``
+  and the tokenizer (see :mod:`.gguf_meta`); for a GGUF source every key/value of the source, typed as
+  there; ``general.file_type`` of the target runtime (38 for T-MAC's pinned fork, 32 for the August
+  2024 fork; 1 = mostly F16 when nothing is quantised); the ``tmac.*`` keys with the embedded kcfg.
+* tensor infos: quantised projections as T-MAC ``I{bits}`` with GGUF dims ``[K, M0]`` and the
+  Format A blob as data (its length includes the scales, as the fork's loader expects); other
+  tensors ``F16`` (2-D and up) or ``F32`` (1-D).
+
+The ``gguf`` package does not know T-MAC's type ids (or names them as other types), so tensor
+infos are added with the raw id and the logical shape directly: its byte-shape conversion (which
+looks the id up in its own table) is never used for them.  Tensors are streamed: the header and
+tensor infos are written first from the plan, then each tensor's bytes as the pipeline yields them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..errors import TmacError
+from .base import OutputWriter, WriteContext
+from .encodings import TensorPlan, get_encoding
+from .gguf_meta import (CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, load_tokenizer)
+
+logging.getLogger("gguf").setLevel(logging.ERROR)
+
+
+def tmac_meta(ctx: WriteContext) -> TmacMeta:
+    """The ``tmac.*`` facts of a plan."""
+    plan = ctx.plan
+    return TmacMeta(runtime=ctx.runtime.name, bits=plan.bits or 0, group_size=plan.group_size,
+                    zero_point=plan.zero_point, one_scale=plan.one_scale, act_group_size=plan.act_group_size,
+                    tiles={e.name: (e.tiles.bm, e.tiles.kfactor) for e in plan.quantized},
+                    kcfg=plan.kcfg.to_ini())
+
+
+class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
+    """Writes a GGUF file for the T-MAC llama.cpp runtime (see the module docstring)."""
+
+    def __init__(self, ctx: WriteContext) -> None:
+        super().__init__(ctx)
+        self.w: gguf.GGUFWriter | None = None
+        self._next = 0
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        ctx = self.ctx
+        model = ctx.model
+        w = gguf.GGUFWriter(None, model.gguf_arch)
+        have: set[str] = {gguf.Keys.General.ARCHITECTURE}
+        carried = carried_kv(model) if model.gguf_metadata is not None else []
+        for kv in carried:
+            add_kv(w, kv)
+            have.add(kv.key)
+        if not carried:
+            if model.config:
+                add_hparams(w, model.config, model.gguf_arch, ctx.notes)
+            w.add_type("model")
+            w.add_name(_model_name(model))
+            load_tokenizer(model, pre_override=ctx.tokenizer_pre, notes=ctx.notes).add_to(w)
+            have.update(w.kv_data[0])
+        if gguf.Keys.General.QUANTIZED_BY not in have:
+            w.add_quantized_by(CONVERTER)
+        if gguf.Keys.General.QUANTIZATION_VERSION not in have:
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_file_type(ctx.runtime.file_type if ctx.plan.bits else int(gguf.LlamaFileType.MOSTLY_F16))
+        tmac_meta(ctx).add_to(w)
+        dummy = np.dtype(np.float32)  # anything but uint8 keeps the logical shape as given
+        for e in ctx.plan.entries:
+            enc = get_encoding(e.encoding)
+            w.add_tensor_info(e.name, e.shape, dummy, e.nbytes, raw_dtype=enc.gguf_type(e, ctx.runtime))
+        self.w = w
+
+    def overhead_bytes(self) -> int:
+        assert self.w is not None
+        n = 64
+        for key, v in self.w.kv_data[0].items():
+            n += len(key.encode()) + 12 + _value_size(v.value)
+        for e in self.ctx.plan.entries:
+            n += len(e.name.encode()) + 8 + 4 + 8 * len(e.shape) + 12 + self.w.data_alignment
+        return n
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def open(self, path: Path) -> None:
+        assert self.w is not None, "prepare() first"
+        self.w.write_header_to_file(Path(path))
+        self.w.write_kv_data_to_file()
+        self.w.write_ti_data_to_file()
+
+    def write(self, entry: TensorPlan, data: np.ndarray, verification: Any = None) -> None:
+        assert self.w is not None
+        entries = self.ctx.plan.entries
+        if self._next >= len(entries) or entries[self._next].name != entry.name:
+            want = entries[self._next].name if self._next < len(entries) else "nothing more"
+            raise TmacError(f"written out of order (expected {want})", tensor=entry.name, rule="plan order")
+        if data.nbytes != entry.nbytes:
+            raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
+                            rule="tensor size matches plan")
+        self.w.write_tensor_data(np.ascontiguousarray(data), tensor_endianess=gguf.GGUFEndian.LITTLE)
+        self._next += 1
+
+    def close(self) -> None:
+        assert self.w is not None
+        if self._next != len(self.ctx.plan.entries):
+            missing = self.ctx.plan.entries[self._next].name
+            raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
+                            tensor=missing, rule="every planned tensor written")
+        self.w.close()
+
+    def abort(self) -> None:
+        if self.w is not None:
+            self.w.close()
+
+
+def _model_name(model) -> str:
+    name = (model.config or {}).get("_name_or_path") or Path(str(model.path)).name
+    return str(name).rstrip("/").split("/")[-1]
+
+
+def _value_size(v: Any) -> int:
+    if isinstance(v, (str, bytes)):
+        return len(v.encode() if isinstance(v, str) else v) + 8
+    if isinstance(v, np.ndarray):
+        return v.nbytes + 12
+    if isinstance(v, (list, tuple)):
+        return 12 + sum(_value_size(x) for x in v)
+    return 8

@@ -1,0 +1,135 @@
+"""The npz writer: one ``.npy`` member per tensor plus a versioned JSON manifest, streamed.
+
+The file is a zip (stored, not compressed) that ``numpy.load`` opens:
+
+* ``<tensor name>.npy``: a quantised tensor's Format A blob (uint8, 1-D) or a float tensor
+  (float16 for 2-D and up, float32 for 1-D, in its numpy shape);
+* ``tokenizer/<file>``: the source's tokenizer files, byte for byte;
+* ``manifest.json`` (written last): ``{"format": "tmac-convert.npz", "format_version": 1, ...}``
+  with the model facts (architecture, HF config, quantisation), the ``tmac`` facts (runtime-free:
+  bits, group size, zero point, activation group size, kcfg text) and one descriptor per tensor
+  (name, member, encoding, shape, bits, group size, zero point, per-tensor scale, bm, kfactor,
+  byte count, scales_size, and the verification figures when verification ran).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TmacError
+from ..layouts import scales_count
+from .base import OutputWriter, WriteContext
+from .encodings import TensorPlan
+from .gguf_meta import CONVERTER, TMAC_FORMAT_VERSION, carried_kv, kv_to_json
+
+NPZ_FORMAT = "tmac-convert.npz"
+NPZ_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_PREFIX = "tokenizer/"
+
+
+def member_name(tensor: str) -> str:
+    return tensor + ".npy"
+
+
+class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
+    """Writes the npz container described in the module docstring."""
+
+    def __init__(self, ctx: WriteContext) -> None:
+        super().__init__(ctx)
+        self.zf: zipfile.ZipFile | None = None
+        self.descriptors: list[dict[str, Any]] = []
+        self._next = 0
+
+    def overhead_bytes(self) -> int:
+        tok = sum(Path(p).stat().st_size for p in self.ctx.model.tokenizer_files.values() if Path(p).is_file())
+        return (1 << 20) + tok + 512 * len(self.ctx.plan.entries)
+
+    def open(self, path: Path) -> None:
+        self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+
+    def write(self, entry: TensorPlan, data: np.ndarray, verification: Any = None) -> None:
+        assert self.zf is not None
+        entries = self.ctx.plan.entries
+        if self._next >= len(entries) or entries[self._next].name != entry.name:
+            raise TmacError("written out of order", tensor=entry.name, rule="plan order")
+        if data.nbytes != entry.nbytes:
+            raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
+                            rule="tensor size matches plan")
+        arr = data.reshape(-1) if entry.quantized else data.reshape(entry.shape)
+        with self.zf.open(member_name(entry.name), "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+        self.descriptors.append(describe(entry, verification))
+        self._next += 1
+
+    def close(self) -> None:
+        assert self.zf is not None
+        if self._next != len(self.ctx.plan.entries):
+            raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
+                            tensor=self.ctx.plan.entries[self._next].name, rule="every planned tensor written")
+        for name, p in sorted(self.ctx.model.tokenizer_files.items()):
+            if Path(p).is_file():
+                self.zf.write(p, TOKENIZER_PREFIX + name)
+        self.zf.writestr(MANIFEST, json.dumps(self.manifest(), indent=1, sort_keys=False))
+        self.zf.close()
+
+    def abort(self) -> None:
+        if self.zf is not None:
+            try:
+                self.zf.close()
+            except Exception:  # noqa: BLE001 - the file is deleted anyway
+                pass
+
+    def manifest(self) -> dict[str, Any]:
+        ctx = self.ctx
+        m, plan = ctx.model, ctx.plan
+        return {
+            "format": NPZ_FORMAT,
+            "format_version": NPZ_FORMAT_VERSION,
+            "converter": CONVERTER,
+            "source": {"path": str(m.path), "format": m.format},
+            "architecture": m.architecture,
+            "gguf_arch": m.gguf_arch,
+            "config": _jsonable(m.config),
+            "quantization": _jsonable(m.quantization),
+            "tmac": {"format_version": TMAC_FORMAT_VERSION, "layout": "A", "bits": plan.bits or 0,
+                     "group_size": plan.group_size, "zero_point": plan.zero_point, "one_scale": plan.one_scale,
+                     "act_group_size": plan.act_group_size, "kcfg": plan.kcfg.to_ini()},
+            "tokenizer_files": sorted(ctx.model.tokenizer_files),
+            "gguf_metadata": ([kv_to_json(kv) for kv in carried_kv(m)] if m.gguf_metadata is not None else None),
+            "tensors": self.descriptors,
+        }
+
+
+def describe(entry: TensorPlan, verification: Any = None) -> dict[str, Any]:
+    """A tensor's manifest descriptor."""
+    d: dict[str, Any] = {"name": entry.name, "member": member_name(entry.name), "encoding": entry.encoding,
+                         "shape": list(entry.shape), "nbytes": entry.nbytes}
+    if entry.quantized:
+        m0, k = entry.shape
+        d.update(bits=entry.bits, group_size=entry.group_size, zero_point=entry.zero_point,
+                 per_tensor_scale=entry.per_tensor_scale, bm=entry.tiles.bm, kfactor=entry.tiles.kfactor,
+                 scales_size=scales_count(m0, k, entry.group_size, entry.zero_point, entry.per_tensor_scale))
+    if verification is not None:
+        d["verification"] = {"nmse": float(verification.nmse), "max_abs_err": float(verification.max_abs_err),
+                             "ok": bool(verification.ok)}
+    return d
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
