@@ -23,6 +23,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -200,9 +201,7 @@ def main() -> None:
     src = ensure_checkpoint(a.dir, a.layers)
     files = sorted(src.glob("*.safetensors"))
     src_bytes = sum(f.stat().st_size for f in files)
-    work = a.dir / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=a.dir))  # private: concurrent runs must not collide
     for f in files:  # warm the page cache equally for both contenders
         with open(f, "rb") as fh:
             while fh.read(64 << 20):

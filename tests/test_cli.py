@@ -189,9 +189,9 @@ def test_signal_midway_leaves_no_output(tmp_path, sig):
 
 @needs_verify
 def test_verification_failure_exits_1_and_writes_nothing(tmp_path):
-    """A layout bug (simulated: one flipped bit in every blob) must be caught by verification."""
+    """A layout bug (simulated: bit 0 of every code flipped in the first half of each blob) is caught."""
     prelude = ("import tmac_convert.writers.encodings as E\n_p = E.pack\n"
-               "def bad(*a, **k):\n    b = _p(*a, **k); b[0] ^= 0x11; return b\nE.pack = bad\n")
+               "def bad(*a, **k):\n    b = _p(*a, **k); b[: b.size // 2] ^= 0x11; return b\nE.pack = bad\n")
     r = run_synth(str(_synth(tmp_path)), "-o", str(tmp_path / "o.gguf"), prelude=prelude)
     line = one_line_error(r, 1)
     assert "blk.0.attn_q.weight" in line
@@ -277,3 +277,28 @@ def _synth(tmp_path: Path, **spec) -> Path:
     from . import _tmac_synth
 
     return _tmac_synth.write_synth(tmp_path / "src", **spec)
+
+
+def test_tune_writes_a_kcfg_the_converter_accepts(tmp_path):
+    kc = tmp_path / "kcfg.ini"
+    r = run("tune", str(GPTQ), "-o", str(kc), "--json")
+    if r.returncode == 2 and "native" in r.stderr:
+        pytest.skip("native kernels not built")
+    assert r.returncode == 0, r.stderr
+    assert {x["section"] for x in json.loads(r.stdout)} == {
+        "qgemm_lut_t1_int8_m256_k256_n1_b2", "qgemm_lut_t1_int8_m512_k256_n1_b2",
+        "qgemm_lut_t1_int8_m512_k512_n1_b2", "qgemm_lut_t1_int8_m1024_k256_n1_b2"}
+    assert "pass --force" in one_line_error(run("tune", str(GPTQ), "-o", str(kc)), 2)
+    out = tmp_path / "o.gguf"
+    r = run(str(GPTQ), "--kcfg", str(kc), "-o", str(out), "--json", "--no-verify")
+    assert r.returncode == 0, r.stderr
+    assert parse(out).get("tmac.kcfg") == kc.read_text()
+
+
+def test_tune_and_format_usage_errors(tmp_path):
+    line = one_line_error(run("tune", str(FIX / "llama_f16"), "-o", str(tmp_path / "k.ini")), 2)
+    assert "no quantised tensors" in line
+    assert "give a SOURCE" in one_line_error(run("tune"), 2)
+    r = run(str(GPTQ), "--format", "zip", "-o", str(tmp_path / "o.zip"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "zip" in r.stderr
+    assert list(tmp_path.iterdir()) == []

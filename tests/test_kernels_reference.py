@@ -174,3 +174,12 @@ def test_bad_options_are_named_errors():
         kernels.gemm(case.blob, x, **case.kw, threads=0)
     with pytest.raises(LayoutError, match="kfactor"):
         kernels.gemm(case.blob, x, **dict(case.kw, kfactor=3))
+
+
+def test_reference_in_many_small_passes_gives_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(12)
+    case = make_case(rng, 3, 128, 1024, 192, 16, 128, True, False)
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    whole = run_ref(case, x)
+    monkeypatch.setattr(reference, "_PASS_VALUES", 1)       # one chunk per pass
+    assert np.array_equal(run_ref(case, x), whole)

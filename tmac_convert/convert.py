@@ -277,7 +277,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
                       generated=frozenset(t.name for t in extras))
 
-    ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre, notes=list(model.notes))
+    ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre)
     writer = writer_cls(ctx)
     writer.prepare()
     kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
@@ -317,9 +317,10 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         except BaseException:
             writer.abort()
             raise
+        writer.check_written(tmp[out_path])
         if kcfg_out is not None:
             tmp[kcfg_out].write_text(kcfg_text)
-    report.notes = ctx.notes
+    report.notes = list(model.notes) + ctx.notes  # readers may add notes while streaming
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -31,12 +31,19 @@ from .tensor import QuantTensor
 DEFAULT_THRESHOLD = {"int8": 1e-3, "float": 1e-9}
 _X_SHIFT = 10            # activations are a·2^-10
 _X_LIMIT = (1 << 12) - 1
-_ROW_CHUNK = 2048        # codes rows per pass of the reference (bounds its memory)
+_CHUNK_VALUES = 1 << 22  # float64 values per pass of the numpy reference (32 MB): bounds its memory
 
 
 @dataclass
 class VerifyResult:
-    """What verifying one tensor found.  ``nmse = sum (y − y_ref)² / sum y_ref²`` over all outputs."""
+    """What verifying one tensor found.
+
+    ``nmse = sum (y − y_ref)² / sum y_ref²`` over all outputs.  When the reference is (almost) zero — a
+    tensor whose weights all dequantise to 0 — that ratio means nothing (the int8 LUT's noise scales with
+    the activations, not with the weights), so the error is normalised instead by the output energy of
+    weights of the tensor's scale, ``sum_m sum_g s[m,g]²·sum_{k in g} x_k²``, and ``normaliser`` says
+    ``"scale"`` rather than ``"output"``.
+    """
 
     name: str
     nmse: float
@@ -48,6 +55,7 @@ class VerifyResult:
     lut: str
     path: str               # kernel path that ran: avx2, neon, scalar or reference
     seconds: float
+    normaliser: str = "output"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +94,9 @@ def reference_output(qt: QuantTensor, a: np.ndarray, threads: int | None = None)
                          qt.bits, 0, threads or os.cpu_count() or 1)
     else:
         ag = np.ascontiguousarray(a.astype(np.float64).reshape(n, g, gs).transpose(1, 2, 0))   # [G, gs, N]
-        for r0 in range(0, m0, _ROW_CHUNK):
-            r1 = min(m0, r0 + _ROW_CHUNK)
+        rows = max(8, _CHUNK_VALUES // k)
+        for r0 in range(0, m0, rows):
+            r1 = min(m0, r0 + rows)
             c = qt.codes[r0:r1].astype(np.float64).reshape(r1 - r0, g, gs).transpose(1, 0, 2)
             p = np.matmul(c, ag).transpose(1, 0, 2) - h * sums[None]                       # [R, G, N]
             part = np.einsum("rg,rgn->rn", s[r0:r1], p)
@@ -126,19 +135,35 @@ def verify_tensor(qt: QuantTensor, blob: np.ndarray, *, bm: int, kfactor: int, a
     err = y - ref
     energy = float(np.sum(ref * ref))
     sq = float(np.sum(err * err))
-    nmse = sq / energy if energy > 0 else (0.0 if sq == 0 else float("inf"))
+    normaliser, denom = "output", energy
+    scale_energy = _scale_energy(qt, x)
+    if energy <= 1e-12 * scale_energy:
+        normaliser, denom = "scale", scale_energy
+    nmse = sq / denom if denom > 0 else (0.0 if sq == 0 else float("inf"))
     finite = bool(np.isfinite(y).all())
     return VerifyResult(name=qt.name, nmse=nmse if finite else float("inf"),
                         max_abs_err=float(np.max(np.abs(err))) if finite else float("inf"),
                         ok=finite and nmse <= thr, threshold=thr, ref_rms=float(np.sqrt(energy / ref.size)),
-                        rows=rows, lut=lut, path=chosen, seconds=time.perf_counter() - t0)
+                        rows=rows, lut=lut, path=chosen, seconds=time.perf_counter() - t0, normaliser=normaliser)
+
+
+def _scale_energy(qt: QuantTensor, x: np.ndarray) -> float:
+    """``sum_n sum_m sum_g s[m,g]²·sum_{k in g} x[n,k]²``: the output energy of weights of the tensor's scale."""
+    k = qt.shape[1]
+    gs = k if qt.per_tensor_scale else qt.group_size
+    xsq = (x.astype(np.float64) ** 2).reshape(x.shape[0], k // gs, gs).sum(axis=2)          # [N, G]
+    s2 = qt.scales.astype(np.float64) ** 2
+    if qt.per_tensor_scale:
+        return float(s2[0] * qt.shape[0] * xsq.sum())
+    return float(np.sum(s2.sum(axis=0) * xsq))
 
 
 def check(result: VerifyResult) -> None:
     """Raise :class:`VerificationError` naming the tensor and the figures when ``result`` is over threshold."""
     if not result.ok:
+        what = "NMSE" if result.normaliser == "output" else "error normalised by the scale energy"
         raise VerificationError(
-            f"the converted tensor does not compute what the source computes: NMSE {result.nmse:.3g} > threshold "
+            f"the converted tensor does not compute what the source computes: {what} {result.nmse:.3g} > threshold "
             f"{result.threshold:.3g} (max abs error {result.max_abs_err:.3g}, reference RMS {result.ref_rms:.3g}, "
             f"{result.rows} seeded activation rows, {result.lut} LUT on the {result.path} kernel)",
             tensor=result.name, rule="verified NMSE <= threshold")

@@ -32,7 +32,8 @@ import numpy as np
 from .spec import Problem, fast_aggregation_bias_factor
 
 F32 = np.float32
-_ROWS_PER_PASS = 16  # activation rows handled together: bounds the lookup arrays to ~16·K/4·bm values
+_ROWS_PER_PASS = 16      # activation rows handled together
+_PASS_VALUES = 1 << 21   # lookups per pass (rows x chunks x kfactor x bm): bounds the reference's memory
 
 
 def build_lut(x: np.ndarray, ags: int, bias_group: int, lut: str = "int8") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,32 +149,42 @@ def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: st
     grp = np.arange(ko_n) * 4 * kf // p.group_size                                  # [KO]
     per_tile_scales = 1 if p.per_tensor else p.groups * pt * (2 if p.zero_point else 1)
 
+    # chunks per pass: bounds the lookup arrays (~_PASS_VALUES per pass) whatever K and bm are
+    ko_step = max(1, _PASS_VALUES // (n * kf * bm))
     y = np.empty((n, p.m0), dtype=F32)
     for t in range(p.tiles):
-        w = weights[t * tile_bytes:(t + 1) * tile_bytes].reshape(ko_n, nb, kf, 16)
-        code = np.stack([w & 15, w >> 4], axis=3).transpose(0, 2, 1, 3, 4).reshape(ko_n, kf, bm)  # row = 32B+16h+l
-        vals = flat_table[:, j16 + code]                                            # [n, KO, kf, bm]
-        sums = _sub_group_values(vals, p, lut, fast_aggregation)                    # [n, KO, nsub, bm]
-        val = sums * vs
-        val = np.where(plane0, val + vb, val)
-        acc = val[:, :, 0]
-        for s in range(1, nsub):
-            acc = acc + val[:, :, s]                                                # [n, KO, bm]
+        st = scales[t * per_tile_scales:(t + 1) * per_tile_scales]
         if p.per_tensor:
-            steps = acc
+            s_g = z_g = None
+        elif p.zero_point:
+            both = st.reshape(p.groups, pt // 8, 2, 8)
+            s_g, z_g = both[:, :, 0].reshape(p.groups, pt), both[:, :, 1].reshape(p.groups, pt)
         else:
-            st = scales[t * per_tile_scales:(t + 1) * per_tile_scales]
-            if p.zero_point:
-                both = st.reshape(p.groups, pt // 8, 2, 8)
-                s_g, z_g = both[:, :, 0].reshape(p.groups, pt), both[:, :, 1].reshape(p.groups, pt)
+            s_g, z_g = st.reshape(p.groups, pt), None
+        w_tile = weights[t * tile_bytes:(t + 1) * tile_bytes].reshape(ko_n, nb, kf, 16)
+        c = np.zeros((n, bm), dtype=F32)
+        for k0 in range(0, ko_n, ko_step):
+            k1 = min(ko_n, k0 + ko_step)
+            w = w_tile[k0:k1]
+            code = np.stack([w & 15, w >> 4], axis=3).transpose(0, 2, 1, 3, 4).reshape(k1 - k0, kf, bm)  # 32B+16h+l
+            vals = flat_table[:, j16[k0:k1] + code]                                 # [n, chunks, kf, bm]
+            sums = _sub_group_values(vals, p, lut, fast_aggregation)                # [n, chunks, nsub, bm]
+            val = sums * vs[:, k0:k1]
+            val = np.where(plane0, val + vb[:, k0:k1], val)
+            acc = val[:, :, 0]
+            for s in range(1, nsub):
+                acc = acc + val[:, :, s]                                            # [n, chunks, bm]
+            if p.per_tensor:
+                steps = acc
             else:
-                s_g, z_g = st.reshape(p.groups, pt), None
-            steps = acc * s_g[grp][:, out_of_row]
-            if z_g is not None:
-                zc = F32(2) * (z_g[grp][:, out_of_row] * bsum[:, :, None])
-                zc = np.where(plane0, zc, F32(0))
-                steps = np.stack([steps, zc], axis=2).reshape(n, 2 * ko_n, bm)   # C += acc·s, then C += zc
-        c = np.add.accumulate(steps, axis=1)[:, -1]                                 # chunks in K order
+                g = grp[k0:k1]
+                steps = acc * s_g[g][:, out_of_row]
+                if z_g is not None:
+                    zc = F32(2) * (z_g[g][:, out_of_row] * bsum[:, k0:k1, None])
+                    zc = np.where(plane0, zc, F32(0))
+                    steps = np.stack([steps, zc], axis=2).reshape(n, 2 * (k1 - k0), bm)  # C += acc·s, then zc
+            # chunks in K order, continuing from the previous pass's C
+            c = np.add.accumulate(np.concatenate([c[:, None], steps], axis=1), axis=1)[:, -1]
         cr = c.reshape(n, pt // 8, b, 8)
         yt = F32(0.5) * cr[:, :, 0]
         for i in range(1, b):

@@ -124,7 +124,7 @@ def is_bitnet_config(config: dict[str, Any]) -> bool:
     """True for a BitNet b1.58 config (architecture name, ``model_type: bitnet`` or ``quant_method: bitnet``)."""
     archs = config.get("architectures") or []
     qc = config.get("quantization_config") or {}
-    return (any(a in BITNET_ARCHITECTURES for a in archs if isinstance(a, str))
+    return (any(a in BITNET_ARCHITECTURES for a in (archs if isinstance(archs, list) else []) if isinstance(a, str))
             or config.get("model_type") == "bitnet"
             or (isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "bitnet"))
 

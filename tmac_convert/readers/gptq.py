@@ -145,7 +145,12 @@ class GPTQReader(Reader, name="gptq", priority=10):
         elif cfg.desc_act:
             notes.append("desc_act=true but every g_idx is trivial (k // group_size): accepted as contiguous groups")
 
+        self._dropped_bias: list[str] = []
         order = self._order(hf, ckpt, layers)
+        if self._dropped_bias:
+            notes.append(f"dropped {len(self._dropped_bias)} all-zero biases the architecture does not have "
+                         f"(AutoGPTQ writes them): {', '.join(self._dropped_bias[:4])}"
+                         + (" ..." if len(self._dropped_bias) > 4 else ""))
         quant = {
             "method": "gptq",
             "bits": cfg.bits,
@@ -241,6 +246,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
         for prefix, layer in layers.items():
             owned.update(prefix + s for s in (".qweight", ".qzeros", ".scales", ".g_idx"))
             items.append((layer.name, "q", prefix))
+        dropped = []
         for n in ckpt.names():
             if n in owned or hf.skip(n):
                 continue
@@ -248,7 +254,15 @@ class GPTQReader(Reader, name="gptq", priority=10):
                 raise TmacError(f"tensor is missing, but its {n.rsplit('.', 1)[1]} is present",
                                 file=str(ckpt.entry(n).file), tensor=n.rsplit(".", 1)[0] + ".qweight",
                                 rule="required tensor")
-            items.append((hf.gguf_name(n, file=str(ckpt.entry(n).file)), "f", n))
+            name = hf.gguf_name(n, file=str(ckpt.entry(n).file))
+            # Decided here, not while streaming, so that tensor_infos() and tensors() agree (biases are small).
+            if name.endswith(".bias") and not hf.bias_expected(name) and ckpt.entry(n).dtype in FLOAT_DTYPES \
+                    and not np.any(ckpt.get_float(n)):
+                dropped.append(name)
+                continue
+            items.append((name, "f", n))
+        if dropped:
+            self._dropped_bias = dropped
         items.sort(key=lambda t: natural_key(t[0]))
         return [(kind, ref) for _, kind, ref in items]
 
@@ -270,22 +284,13 @@ class GPTQReader(Reader, name="gptq", priority=10):
 
     def iter_tensors(self, model: SourceModel) -> Iterator[Tensor]:
         plan = self._plan
-        dropped_bias = []
         for kind, ref in plan.order:
             if kind == "q":
                 yield self._quant(model, plan.layers[ref])
                 continue
-            t = self._float(ref)
-            if t is None:
-                dropped_bias.append(plan.hf.gguf_name(ref))
-                continue
-            yield t
-        if dropped_bias:
-            model.notes.append(f"dropped {len(dropped_bias)} all-zero biases the architecture does not have "
-                               f"(AutoGPTQ writes them): {', '.join(dropped_bias[:4])}"
-                               + (" ..." if len(dropped_bias) > 4 else ""))
+            yield self._float(ref)
 
-    def _float(self, hf_name: str) -> FloatTensor | None:
+    def _float(self, hf_name: str) -> FloatTensor:
         plan = self._plan
         e = plan.ckpt.entry(hf_name)
         name = plan.hf.gguf_name(hf_name, file=str(e.file))
@@ -293,8 +298,6 @@ class GPTQReader(Reader, name="gptq", priority=10):
             raise TmacError(f"expected a float tensor, found {e.dtype}", file=str(e.file), tensor=hf_name,
                             rule="float dtype")
         data = plan.ckpt.get_float(hf_name)
-        if name.endswith(".bias") and not plan.hf.bias_expected(name) and not np.any(data):
-            return None
         data = plan.hf.permute(name, data)
         return FloatTensor(name, data, quantizable=is_projection(name))
 

@@ -186,7 +186,8 @@ def decide_format(cfg: GPTQConfig, evidence: list[ZeroEvidence], override: str |
         elif values == {half}:
             zero_says, zero_why = "v2", f"symmetric and every stored zero is {half} = 2^(b-1)"
         else:
-            bad = next(e for e in evidence if e.values - {half - 1, half} or e.values != evidence[0].values)
+            bad = next((e for e in evidence if e.values - {half - 1, half} or e.values != evidence[0].values),
+                       evidence[0])
             raise TmacError(
                 f"the config says sym=true, so every stored zero should be {half - 1} (v1) or {half} (v2), but "
                 f"stored zeros take the values {sorted(bad.values)} here (model-wide: {sorted(values)}); the "

@@ -32,8 +32,8 @@ def load_json(path: Path) -> dict[str, Any]:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise TmacError(f"cannot read: {e.strerror or e}", file=str(path), rule="readable file") from None
-    except ValueError as e:
-        raise TmacError(f"not valid JSON ({e})", file=str(path), rule="valid JSON") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        raise TmacError(f"not valid JSON ({str(e)[:200]})", file=str(path), rule="valid JSON") from None
     if not isinstance(obj, dict):
         raise TmacError("expected a JSON object", file=str(path), rule="valid JSON")
     return obj

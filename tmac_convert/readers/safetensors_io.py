@@ -9,6 +9,7 @@ tensors are memory-mapped as uint16 bit patterns and widened to float32 (exactly
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,24 +73,31 @@ def read_header(path: Path) -> tuple[dict[str, StEntry], dict[str, str]]:
         raise TmacError(f"cannot read: {e.strerror or e}", file=fname, rule="readable file") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TmacError(f"header is not valid JSON ({e})", file=fname, rule="safetensors header") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise TmacError(f"header is not valid JSON ({str(e)[:200]})", file=fname,
+                        rule="safetensors header") from None
     if not isinstance(header, dict):
         raise TmacError("header is not a JSON object", file=fname, rule="safetensors header")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise TmacError("__metadata__ is not a JSON object", file=fname, rule="safetensors header")
     base = 8 + n
     data_len = size - base
     entries: dict[str, StEntry] = {}
     for name, info in header.items():
         try:
             dtype = info["dtype"]
-            shape = tuple(int(x) for x in info["shape"])
-            lo, hi = (int(x) for x in info["data_offsets"])
+            shape = tuple(info["shape"])
+            lo, hi = info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise TmacError("malformed header entry", file=fname, tensor=name, rule="safetensors header") from None
-        if dtype not in DTYPES:
-            raise TmacError(f"unsupported dtype {dtype}", file=fname, tensor=name, rule="safetensors dtype")
-        want = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+        # JSON integers only (no floats, bools or strings that int() would quietly accept)
+        if not all(type(x) is int and x >= 0 for x in shape + (lo, hi)):
+            raise TmacError(f"shape {list(shape)} and data_offsets [{lo}, {hi}] must be non-negative integers",
+                            file=fname, tensor=name, rule="safetensors header")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise TmacError(f"unsupported dtype {dtype!r:.40}", file=fname, tensor=name, rule="safetensors dtype")
+        want = math.prod(shape) * DTYPES[dtype][1]  # python ints: a huge shape cannot wrap around
         if hi - lo != want or lo < 0:
             raise TmacError(f"byte range {lo}..{hi} does not hold {dtype} {list(shape)} ({want} bytes)",
                             file=fname, tensor=name, rule="safetensors header")
@@ -113,15 +121,20 @@ def checkpoint_files(path: Path) -> list[Path]:
     if index.exists():
         try:
             wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             raise TmacError("cannot read its weight_map", file=str(index), rule="safetensors index") from None
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise TmacError("weight_map is not an object of tensor name -> shard file name", file=str(index),
+                            rule="safetensors index")
         files = []
         for shard in dict.fromkeys(wm.values()):
-            p = (path / shard).resolve()
-            if p.parent != path.resolve():
-                raise TmacError(f"shard {shard!r} is outside the model folder", file=str(index),
+            # A plain file name in the model folder, judged on the name itself: shards that are symlinks
+            # into the Hugging Face cache's blobs/ folder (its normal layout) are fine, names are not.
+            if not shard or shard in (".", "..") or Path(shard).name != shard or "\0" in shard:
+                raise TmacError(f"shard {shard!r:.80} is not a file name in the model folder", file=str(index),
                                 rule="safetensors index")
-            if not p.exists():
+            p = path / shard
+            if not p.is_file():
                 raise TmacError(f"shard {shard} listed in the index is missing", file=str(index),
                                 rule="complete checkpoint")
             files.append(p)

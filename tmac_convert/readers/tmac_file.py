@@ -152,6 +152,8 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                      one_scale=quant[0].per_tensor_scale)
         if meta is not None:
             q.update(act_group_size=meta.act_group_size, kcfg=meta.kcfg, converter=meta.converter)
+            if quant and not meta.one_scale:
+                q["group_size"] = meta.group_size  # the model-wide value (-1: one group per row)
         arch = gf.get("general.architecture")
         if not isinstance(arch, str):
             raise gf.fail("general.architecture is missing", "general.architecture")

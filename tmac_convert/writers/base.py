@@ -6,7 +6,8 @@ A writer is driven in this order by :func:`tmac_convert.convert.convert`::
     w.prepare()            # everything that can fail before a file exists (metadata, tokenizer)
     w.open(tmp_path)       # header, tensor infos
     w.write(entry, data)   # once per planned tensor, in plan order
-    w.close()              # finish the file (the caller fsyncs and renames it)
+    w.close()              # finish the file
+    w.check_written(tmp)   # parse it back against the plan (the caller then fsyncs and renames it)
     # or w.abort() on failure
 """
 
@@ -79,6 +80,9 @@ class OutputWriter:
 
     def abort(self) -> None:
         """Release file handles after a failure (the caller removes the file)."""
+
+    def check_written(self, path: Path) -> None:
+        """Parse the finished file back and compare it with the plan; raise :class:`TmacError` on any difference."""
 
 
 def get_writer(name: str) -> type[OutputWriter]:

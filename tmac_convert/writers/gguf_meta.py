@@ -182,8 +182,7 @@ def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str]) -
         if head_dim and int(head_dim) != int(hidden) // int(heads):
             w.add_key_length(int(head_dim))
             w.add_value_length(int(head_dim))
-        if arch in ("llama", "bitnet"):
-            w.add_rope_dimension_count(rope_dim)
+        w.add_rope_dimension_count(rope_dim)
     scaling = c.get("rope_scaling") or {}
     rtype = scaling.get("rope_type", scaling.get("type"))
     if rtype == "linear" and scaling.get("factor"):

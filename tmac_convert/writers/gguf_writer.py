@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from .encodings import TensorPlan, get_encoding
-from .gguf_meta import (CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, load_tokenizer)
+from ..gguf_tmac import parse as parse_gguf
+from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, load_tokenizer
 
 logging.getLogger("gguf").setLevel(logging.ERROR)
 
@@ -120,6 +121,22 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
     def abort(self) -> None:
         if self.w is not None:
             self.w.close()
+
+    def check_written(self, path: Path) -> None:
+        """Every tensor info as planned (name, type, dims, room for its bytes) and the tmac keys as written."""
+        gf = parse_gguf(path)
+        plan = self.ctx.plan
+        if [t.name for t in gf.tensors] != [e.name for e in plan.entries]:
+            raise TmacError("the written tensor list differs from the plan", file=str(path), rule="written = planned")
+        for rec, e in zip(gf.tensors, plan.entries):
+            want = get_encoding(e.encoding).gguf_type(e, self.ctx.runtime)
+            if rec.type_id != want or rec.shape != tuple(e.shape) or rec.span < e.nbytes or rec.offset % gf.alignment:
+                raise TmacError(f"written as type {rec.type_id} shape {rec.shape} with {rec.span} bytes of room at "
+                                f"{rec.offset}, planned type {want} shape {tuple(e.shape)} of {e.nbytes} bytes",
+                                tensor=e.name, file=str(path), rule="written = planned")
+        meta = TmacMeta.from_kv(gf.kv, str(path))
+        if meta is None or meta.tiles != {e.name: (e.tiles.bm, e.tiles.kfactor) for e in plan.quantized}:
+            raise TmacError("the tmac.* keys read back differ from the plan", file=str(path), rule="written = planned")
 
 
 def _model_name(model) -> str:

@@ -85,6 +85,20 @@ class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
             except Exception:  # noqa: BLE001 - the file is deleted anyway
                 pass
 
+    def check_written(self, path: Path) -> None:
+        """The zip lists every planned member and a manifest describing them with the planned sizes."""
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+                man = json.loads(zf.read(MANIFEST))
+        except (zipfile.BadZipFile, KeyError, ValueError) as e:
+            raise TmacError(f"cannot read the written npz back: {e}", file=str(path), rule="written = planned") from None
+        sizes = {d["name"]: d["nbytes"] for d in man["tensors"]}
+        for e in self.ctx.plan.entries:
+            if member_name(e.name) not in names or sizes.get(e.name) != e.nbytes:
+                raise TmacError("member or manifest entry differs from the plan", tensor=e.name, file=str(path),
+                                rule="written = planned")
+
     def manifest(self) -> dict[str, Any]:
         ctx = self.ctx
         m, plan = ctx.model, ctx.plan

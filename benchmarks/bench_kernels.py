@@ -1,0 +1,260 @@
+"""LUT kernel speed on this CPU: T-MAC's table lookup vs dequantise-then-FMA vs numpy float32, on Llama-3-8B shapes.
+
+    .venv/bin/python benchmarks/bench_kernels.py [--quick] [--repeats R] [--threads T]
+
+For each weight shape of Llama-3-8B (M0 x K: 4096x4096 attn q/o, 1024x4096 attn k/v, 14336x4096 ffn up/gate,
+4096x14336 ffn down), bits 1-4 (group 128 with zero points, default tiles), N = 1 (GEMV) and N = 256, one
+thread and all threads, it prints, all measured in this process on the same blob:
+
+* ``lut us``: ``tmac_convert.kernels.gemm`` (int8 LUT, act group 64) on the auto-chosen native path;
+* ``GB/s``: bytes of the blob (packed weights + scales) read per second by the LUT kernel;
+* ``dq us`` / ``dq/lut``: the dequantise-then-FMA baseline over the same packed bits, and its time ratio;
+* ``np us`` / ``np/lut``: numpy's float32 matmul (OpenBLAS) on the pre-dequantised float32 weights (timed
+  once per shape, N and thread count: its speed does not depend on the values), and its ratio;
+* ``err``: max |lut - numpy| / max |numpy| on that row's outputs (a sanity check, int8 LUT noise).
+
+Then the bars of issue 6 on the 4096x14336 GEMV, one thread: LUT at least 3x faster than the dequant
+baseline, and time falling with bits (1-bit < 0.6x of 2-bit, 4-bit < 2.2x of 2-bit).
+
+Where ``llama_cpp`` (llama-cpp-python) imports, llama.cpp's own Q2_K, TQ2_0, Q4_0 and F16 matrix products
+are timed in-process through ctypes on the ggml libraries it ships (``ggml_mul_mat`` on the CPU backend, the
+call llama.cpp makes) and compared with the LUT kernel at the matching bit width (2-bit for Q2_K and TQ2_0,
+4-bit for Q4_0); otherwise the reference figures of the environment notes are printed instead.
+``--quick`` keeps the 4096x14336 shape, N = 256 only for 2-bit, and fewer repeats (under a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tmac_convert as tc  # noqa: E402
+from tmac_convert import kernels  # noqa: E402
+
+SHAPES = [(4096, 4096, "attn_q/attn_o"), (1024, 4096, "attn_k/attn_v"), (14336, 4096, "ffn_up/ffn_gate"),
+          (4096, 14336, "ffn_down")]
+GROUP = 128
+AGS = 64
+GGML_NOTES = ("ggml CPU backend on this machine type (environment notes, 2 threads, MUL_MAT m=4096 k=14336 n=1): "
+              "f16 12.4 ms, q4_0 6.1 ms, q2_K 8.2 ms, tq2_0 8.2 ms")
+
+
+def blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count for numpy's matmul; False when it cannot be controlled here."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore
+
+        threadpool_limits(n)
+        return True
+    except ImportError:
+        pass
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*"))
+    for lib in libs:
+        handle = ctypes.CDLL(lib)
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            fn = getattr(handle, sym, None)
+            if fn is not None:
+                fn(ctypes.c_int(n))
+                return True
+    return False
+
+
+def best_time(fn, repeats: int, budget_s: float = 2.0) -> float:
+    """Fastest of up to ``repeats`` runs after one warm-up (fewer when one run is slow)."""
+    fn()
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+        if spent > budget_s:
+            break
+    return best
+
+
+def make_tensor(rng, m0: int, k: int, bits: int):
+    codes = rng.integers(0, 1 << bits, (m0, k), dtype=np.uint8)
+    scales = rng.uniform(0.002, 0.03, (m0, k // GROUP)).astype(np.float16)
+    zeros = (rng.standard_normal((m0, k // GROUP)) * 0.01).astype(np.float16)
+    tiles = tc.default_tiles(m0, k, bits, GROUP)
+    blob = tc.pack(codes, scales, zeros, bits=bits, bm=tiles.bm, kfactor=tiles.kfactor)
+    return codes, scales, zeros, tiles, blob
+
+
+def dequantise_f32(codes, scales, zeros, bits: int, rows: int = 1024) -> np.ndarray:
+    """float32 ``[M0, K]`` weights, row chunk by row chunk (no float64 copy of the whole matrix)."""
+    m0, k = codes.shape
+    w = np.empty((m0, k), dtype=np.float32)
+    h = np.float32(1 << (bits - 1))
+    for r in range(0, m0, rows):
+        s = np.repeat(scales[r:r + rows].astype(np.float32), GROUP, axis=1)
+        z = np.repeat(zeros[r:r + rows].astype(np.float32), GROUP, axis=1)
+        w[r:r + rows] = (codes[r:r + rows].astype(np.float32) - h) * s - z
+    return w
+
+
+class Ggml:
+    """ggml's own MUL_MAT (the CPU backend llama.cpp runs), through ctypes on the libraries llama_cpp ships.
+
+    The weight tensor is filled with random blocks whose fp16 block scales are set to a finite value (speed
+    does not depend on the values); the activations are float32, converted by ggml itself to its dot-product
+    type as part of the timed call, as in llama.cpp.
+    """
+
+    TYPES = {"q2_K": (10, 256, 84, (80, 82)), "q4_0": (2, 32, 18, (0,)), "tq2_0": (35, 256, 66, (64,)),
+             "f16": (1, 1, 2, ())}  # ggml type id, block size, block bytes, byte offsets of fp16 block scales
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+        self.base = ctypes.CDLL(os.path.join(lib, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        self.cpu = ctypes.CDLL(os.path.join(lib, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+
+        class Params(ctypes.Structure):
+            _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+        self.Params = Params
+        vp, b, c = ctypes.c_void_p, self.base, self.cpu
+        b.ggml_init.restype, b.ggml_init.argtypes = vp, [Params]
+        b.ggml_new_tensor_2d.restype = vp
+        b.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        b.ggml_mul_mat.restype, b.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
+        b.ggml_new_graph.restype, b.ggml_new_graph.argtypes = vp, [vp]
+        b.ggml_build_forward_expand.argtypes = [vp, vp]
+        b.ggml_get_data.restype, b.ggml_get_data.argtypes = vp, [vp]
+        b.ggml_nbytes.restype, b.ggml_nbytes.argtypes = ctypes.c_size_t, [vp]
+        b.ggml_free.argtypes = [vp]
+        c.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+        c.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+        c.ggml_cpu_init()
+
+    def time_matmul(self, kind: str, m0: int, k: int, x: np.ndarray, threads: int, repeats: int, rng) -> float:
+        typ, blk, bsz, dpos = self.TYPES[kind]
+        n = x.shape[0]
+        nbytes = m0 * k // blk * bsz
+        ctx = self.base.ggml_init(self.Params(nbytes + 8 * k * n + 4 * m0 * n + (64 << 20), None, False))
+        try:
+            a = self.base.ggml_new_tensor_2d(ctx, typ, k, m0)
+            b = self.base.ggml_new_tensor_2d(ctx, 0, k, n)
+            if self.base.ggml_nbytes(a) != nbytes:
+                raise RuntimeError(f"ggml {kind} tensor is {self.base.ggml_nbytes(a)} bytes, expected {nbytes}")
+            if kind == "f16":
+                data = rng.standard_normal(m0 * k).astype(np.float16).view(np.uint8)
+            else:
+                data = rng.integers(0, 256, nbytes, dtype=np.uint8).reshape(-1, bsz)
+                for off in dpos:
+                    data[:, off:off + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+            ctypes.memmove(self.base.ggml_get_data(a), np.ascontiguousarray(data).ctypes.data, nbytes)
+            ctypes.memmove(self.base.ggml_get_data(b), np.ascontiguousarray(x).ctypes.data, x.nbytes)
+            graph = self.base.ggml_new_graph(ctx)
+            self.base.ggml_build_forward_expand(graph, self.base.ggml_mul_mat(ctx, a, b))
+            return best_time(lambda: self.cpu.ggml_graph_compute_with_ctx(ctx, graph, threads), repeats)
+        finally:
+            self.base.ggml_free(ctx)
+
+
+def ggml_or_note():
+    try:
+        return Ggml(), None
+    except (ImportError, OSError, AttributeError) as e:
+        return None, (f"llama.cpp's ggml is not available here ({type(e).__name__}: {e}); reference figures: "
+                      f"{GGML_NOTES}.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4096x14336 only; N=256 for 2-bit only")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (fastest counts)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the 'all threads' count")
+    args = ap.parse_args()
+    repeats = args.repeats or (5 if args.quick else 7)
+    shapes = [s for s in SHAPES if s[:2] == (4096, 14336)] if args.quick else SHAPES
+    thread_counts = sorted({1, args.threads})
+    path = kernels.resolve_path()
+    blas_ok = blas_threads(1)
+    print(f"kernel path: {path}; numpy BLAS thread control: {'yes' if blas_ok else 'no (numpy uses its default)'}; "
+          f"threads: {thread_counts}; act group {AGS}, group {GROUP} with zero points; repeats {repeats}")
+    if path == "reference":
+        print("the native kernels are not built: timings would be of the numpy reference; stopping")
+        return
+    rng = np.random.default_rng(0)
+    gemv, luts = {}, {}
+    hdr = f"{'shape':>12} {'bits':>4} {'N':>4} {'thr':>3} {'bm/kf':>7} {'lut us':>10} {'GB/s':>6} {'dq us':>11} " \
+          f"{'dq/lut':>6} {'np us':>11} {'np/lut':>6} {'err':>8}"
+    print(hdr)
+    for m0, k, label in shapes:
+        np_time = {}
+        for bits in (1, 2, 3, 4):
+            codes, scales, zeros, tiles, blob = make_tensor(rng, m0, k, bits)
+            w32 = dequantise_f32(codes, scales, zeros, bits)
+            del codes
+            kw = dict(m=m0, k=k, bits=bits, group_size=GROUP, zero_point=True, bm=tiles.bm, kfactor=tiles.kfactor)
+            for n in (1, 256):
+                if n == 256 and args.quick and bits != 2:
+                    continue
+                x = rng.standard_normal((n, k)).astype(np.float32)
+                for thr in thread_counts:
+                    if args.quick and n == 256 and thr == 1:
+                        continue
+                    t_lut = best_time(lambda: kernels.gemm(blob, x, **kw, act_group_size=AGS, threads=thr), repeats)
+                    t_dq = best_time(lambda: kernels.dequant_gemm(blob, x, **kw, threads=thr), repeats)
+                    if (n, thr) not in np_time:
+                        blas_threads(thr)
+                        np_time[(n, thr)] = best_time(lambda: x @ w32.T, repeats)
+                    y = kernels.gemm(blob, x, **kw, act_group_size=AGS, threads=thr)
+                    yn = x @ w32.T
+                    err = float(np.abs(y - yn).max() / np.abs(yn).max())
+                    gbs = blob.size / t_lut / 1e9
+                    t_np = np_time[(n, thr)]
+                    print(f"{m0:>5}x{k:<6} {bits:>4} {n:>4} {thr:>3} {tiles.bm:>4}/{tiles.kfactor:<2} "
+                          f"{t_lut * 1e6:>10.0f} {gbs:>6.2f} {t_dq * 1e6:>11.0f} {t_dq / t_lut:>6.2f} "
+                          f"{t_np * 1e6:>11.0f} {t_np / t_lut:>6.2f} {err:>8.1e}", flush=True)
+                    luts[(m0, k, bits, n, thr)] = t_lut
+                    if n == 1:
+                        gemv[(m0, k, bits, thr)] = (t_lut, t_dq)
+    print()
+    key = (4096, 14336)
+    if all((*key, b, 1) in gemv for b in (1, 2, 4)):
+        t1, t2, t4 = (gemv[(*key, b, 1)][0] for b in (1, 2, 4))
+        dq2 = gemv[(*key, 2, 1)][1]
+        print("bars, 4096x14336 GEMV, one thread:")
+        print(f"  2-bit LUT vs dequant baseline: {dq2 / t2:.2f}x faster (bar >= 3x): {'PASS' if dq2 / t2 >= 3 else 'FAIL'}")
+        print(f"  1-bit / 2-bit time: {t1 / t2:.2f} (bar < 0.6): {'PASS' if t1 / t2 < 0.6 else 'FAIL'}")
+        print(f"  4-bit / 2-bit time: {t4 / t2:.2f} (bar < 2.2): {'PASS' if t4 / t2 < 2.2 else 'FAIL'}")
+        if args.threads > 1 and (*key, 2, args.threads) in gemv:
+            print(f"  2-bit LUT with {args.threads} threads: {gemv[(*key, 2, args.threads)][0] * 1e3:.2f} ms "
+                  f"(compare with ggml below, measured with 2 threads)")
+    ggml, note = ggml_or_note()
+    if ggml is None:
+        print(note)
+        return
+    print()
+    print("llama.cpp (ggml CPU backend, in this process) vs the LUT kernel at the matching bit width:")
+    print(f"{'shape':>12} {'type':>6} {'N':>4} {'thr':>3} {'ggml us':>11} {'lut us':>10} {'ggml/lut':>8}")
+    for m0, k, _ in shapes:
+        for n in (1, 256):
+            if args.quick and n == 256:
+                continue
+            x = rng.standard_normal((n, k)).astype(np.float32)
+            for kind, bits in (("q2_K", 2), ("tq2_0", 2), ("q4_0", 4), ("f16", None)):
+                for thr in thread_counts:
+                    t_g = ggml.time_matmul(kind, m0, k, x, thr, repeats, rng)
+                    lut = luts.get((m0, k, bits, n, thr)) if bits else None
+                    ratio = f"{t_g / lut:>8.2f}" if lut else f"{'':>8}"
+                    print(f"{m0:>5}x{k:<6} {kind:>6} {n:>4} {thr:>3} {t_g * 1e6:>11.0f} "
+                          f"{lut * 1e6 if lut else float('nan'):>10.0f} {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
