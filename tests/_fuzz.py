@@ -463,6 +463,30 @@ class GGUFImage:
     def kv(self, key: str) -> KV | None:
         return next((k for k in self.kvs if k.key == key), None)
 
+    def __repr__(self) -> str:
+        return f"GGUFImage({len(self.kvs)} keys, {len(self.tensors)} tensors)"
+
+
+def gguf_value(vtype: int):
+    """A strategy for a value of GGUF value type ``vtype`` (arrays: ``(value, item type)``)."""
+    ints = {0: (0, 255), 1: (-128, 127), 2: (0, 65535), 3: (-32768, 32767), 4: (0, 2**32 - 1),
+            5: (-2**31, 2**31 - 1), 10: (0, 2**64 - 1), 11: (-2**63, 2**63 - 1)}
+    if vtype in ints:
+        lo, hi = ints[vtype]
+        return st.one_of(st.sampled_from([v for v in INTERESTING_INTS if lo <= v <= hi] + [lo, hi]),
+                         st.integers(lo, hi)).map(lambda v: (v, None))
+    if vtype in (6, 12):
+        return st.floats(allow_nan=True, allow_infinity=True, width=32 if vtype == 6 else 64).map(lambda v: (v, None))
+    if vtype == 7:
+        return st.booleans().map(lambda v: (v, None))
+    if vtype == 8:
+        return st.one_of(st.sampled_from(HOSTILE_STRINGS), st.text(max_size=20),
+                         st.binary(max_size=8)).map(lambda v: (v, None))
+    return st.one_of(
+        st.tuples(st.lists(st.integers(0, 255), max_size=8), st.just(0)),
+        st.tuples(st.lists(st.integers(-2**31, 2**31 - 1), max_size=8), st.just(5)),
+        st.tuples(st.lists(st.sampled_from(HOSTILE_STRINGS), max_size=5), st.just(8)))
+
 
 @st.composite
 def gguf_field_edit(draw, image: GGUFImage) -> Blob:
@@ -485,6 +509,85 @@ def gguf_field_edit(draw, image: GGUFImage) -> Blob:
     if bytes(data) == image.to_bytes():
         del data[-1:]
     return Blob(bytes(data), f"{what} (at byte {at}) = {v % 2 ** (8 * struct.calcsize(fmt))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# bugs the fuzzers found in modules still being written by other helpers
+
+#: Modules another helper is still writing: a bug found there is registered below (with a strict-xfail
+#: reproducer in test_fuzz_regressions.py) instead of fixed here.  Readers and layouts are never listed.
+IN_PROGRESS = ("cli.py", "convert.py", "pipeline.py", "gguf_tmac.py", "readers/tmac_file.py", "describe.py",
+               "filecheck.py", "verify.py", "writers/", "kernels/")
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    """A bug in an in-progress module: one of ``excs`` escaping from one of ``funcs`` of ``module`` (the
+    innermost tmac_convert frame of the traceback decides)."""
+
+    module: str
+    funcs: tuple[str, ...]
+    excs: tuple[str, ...]
+    reproducer: str  # the strict-xfail test in test_fuzz_regressions.py that pins it down
+
+
+KNOWN_BUGS: tuple[KnownBug, ...] = ()
+KNOWN_SEEN: Counter = Counter()
+#: TMAC_FUZZ_COLLECT=<folder>: record unexpected exceptions there (signature, count, first input) instead of
+#: failing, to list every distinct failure of a run at once (a development aid; CI never sets it).
+COLLECT = os.environ.get("TMAC_FUZZ_COLLECT")
+
+
+def _where(e: BaseException) -> tuple[str, str] | None:
+    tb, where = e.__traceback__, None
+    while tb is not None:
+        f = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/tmac_convert/" in f:
+            where = (f.split("/tmac_convert/", 1)[1], tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return where
+
+
+def _match(exc: str, module: str, func: str) -> KnownBug | None:
+    if not any(module.startswith(m) for m in IN_PROGRESS):
+        return None
+    for b in KNOWN_BUGS:
+        if module == b.module and func in b.funcs and exc in b.excs:
+            KNOWN_SEEN[b.reproducer] += 1
+            return b
+    return None
+
+
+def known_bug(e: BaseException) -> KnownBug | None:
+    """The registered bug ``e`` is an instance of, else None."""
+    where = _where(e)
+    return None if where is None else _match(type(e).__name__, *where)
+
+
+def unexpected(e: BaseException, path: Path) -> str:
+    """Called with a non-TmacError: a registered bug passes, collect mode records it, anything else re-raises."""
+    if known_bug(e) is not None:
+        return "known bug"
+    if COLLECT and not isinstance(e, (AssertionError, Hang)):
+        import traceback
+
+        where = _where(e) or ("?", "?")
+        sig = f"{type(e).__name__} in {where[0]}:{where[1]}"
+        folder = Path(COLLECT)
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / "failures.jsonl"
+        seen = {json.loads(line)["sig"] for line in log.read_text().splitlines()} if log.exists() else set()
+        if sig not in seen:
+            dst = folder / f"input-{len(seen)}{Path(path).suffix}"
+            if Path(path).is_dir():
+                shutil.copytree(path, dst)
+            else:
+                shutil.copy2(path, dst)
+            with log.open("a") as f:
+                f.write(json.dumps({"sig": sig, "message": str(e)[:300], "input": str(dst),
+                                    "traceback": traceback.format_exception(e)[-6:]}) + "\n")
+        return "collected"
+    raise e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,6 +628,8 @@ def check_read(path: Path, oracle=None, **options: Any) -> str:
     except TmacError as e:
         assert str(e).strip()
         return "error"
+    except Exception as e:  # noqa: BLE001 - only registered bugs of in-progress modules pass
+        return unexpected(e, path)
     return "ok"
 
 
@@ -540,6 +645,8 @@ def check_inspect(path: Path) -> str:
     except TmacError as e:
         assert str(e).strip()
         return "error"
+    except Exception as e:  # noqa: BLE001 - only registered bugs of in-progress modules pass
+        return unexpected(e, path)
     return "ok"
 
 
@@ -554,6 +661,8 @@ def check_verify(path: Path, source: Path | None = None, verify: bool = True) ->
     except TmacError as e:
         assert str(e).strip()
         return "error"
+    except Exception as e:  # noqa: BLE001 - only registered bugs of in-progress modules pass
+        return unexpected(e, path)
     if not r.ok:
         assert r.failures and all(isinstance(f, str) and f for f in r.failures)
         return "fail"
@@ -561,18 +670,43 @@ def check_verify(path: Path, source: Path | None = None, verify: bool = True) ->
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """The CLI's ``main`` in this process: ``(exit code, stdout, stderr)``."""
-    from tmac_convert.cli import main
+    """The CLI's ``main`` in this process: ``(exit code, stdout, stderr)``.
+
+    Tracebacks of unexpected errors are switched on, so that :func:`known_bug_in_cli` can tell a
+    registered bug from a new one (a clean run prints none either way).
+    """
+    from tmac_convert.cli import TRACEBACK_ENV, main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            with bounded():
-                main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
+    old = {k: os.environ.get(k) for k in (TRACEBACK_ENV, "COLUMNS")}
+    os.environ.update({TRACEBACK_ENV: "1", "COLUMNS": "200"})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                with bounded():
+                    main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return code, out.getvalue(), err.getvalue()
+
+
+def known_bug_in_cli(err: str) -> KnownBug | None:
+    """The registered bug behind a CLI's "unexpected" error (from the traceback it printed), else None."""
+    import re
+
+    frames = re.findall(r'File "[^"]*/tmac_convert/([^"]+)", line \d+, in (\w+)', err)
+    exc = re.search(r"unexpected (\w+):", err)
+    if not frames or exc is None:
+        return None
+    module, func = frames[-1]
+    return _match(exc.group(1), module, func)
 
 
 def assert_cli_clean(code: int, out: str, err: str, allowed: tuple[int, ...]) -> None:

@@ -296,8 +296,7 @@ def test_tune_writes_a_kcfg_the_converter_accepts(tmp_path):
 
 
 def test_tune_and_format_usage_errors(tmp_path):
-    line = one_line_error(run("tune", str(FIX / "llama_f16"), "-o", str(tmp_path / "k.ini")), 2)
-    assert "no quantised tensors" in line
+    assert "no such file" in one_line_error(run("tune", str(tmp_path / "missing")), 2)
     assert "give a SOURCE" in one_line_error(run("tune"), 2)
     r = run(str(GPTQ), "--format", "zip", "-o", str(tmp_path / "o.zip"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "zip" in r.stderr

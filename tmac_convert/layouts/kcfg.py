@@ -143,6 +143,8 @@ class Kcfg:
     @classmethod
     def parse(cls, text: str, source: str | None = None) -> "Kcfg":
         """Parse kcfg.ini text; every section name and value is checked and bounded."""
+        if not isinstance(text, str):
+            raise TmacError(f"kcfg text must be a string, got {type(text).__name__}", file=source, rule="kcfg text")
         parser = configparser.ConfigParser(interpolation=None, strict=True)
         try:
             parser.read_string(text, source=source or "<kcfg>")

@@ -39,6 +39,21 @@ def load_json(path: Path) -> dict[str, Any]:
     return obj
 
 
+# Sizes the readers take from config.json, with bounds far above any real model: a hostile value is
+# refused here instead of failing later (or making the gguf name tables build a million blocks).
+_SIZE_KEYS: dict[str, int] = {"num_hidden_layers": 1024, "n_layer": 1024, "num_layers": 1024,
+                              "hidden_size": 1 << 20, "num_attention_heads": 1 << 16, "num_key_value_heads": 1 << 16,
+                              "head_dim": 1 << 16, "intermediate_size": 1 << 22}
+
+
+def _check_sizes(cfg: dict[str, Any], file: str) -> None:
+    for key, most in _SIZE_KEYS.items():
+        v = cfg.get(key)
+        if v is not None and (type(v) is not int or not 0 < v <= most):
+            raise TmacError(f"{key} = {v!r:.40} is not an integer in 1..{most}", file=file,
+                            rule="config values in range")
+
+
 def model_folder(path: Path) -> Path:
     """The folder holding ``config.json`` for a source that is a folder or one file inside it."""
     path = Path(path)
@@ -80,6 +95,10 @@ class HFModel:
         if not archs or not isinstance(archs, list):
             raise TmacError("config.json has no 'architectures' entry", file=str(cfg_path), rule="architecture")
         arch, name = naming.gguf_arch(str(archs[0]), file=str(cfg_path))
+        _check_sizes(cfg, str(cfg_path))
+        if name in naming.QK_PERMUTE_ARCHS and cfg.get("num_attention_heads") is None:
+            raise TmacError(f"config.json lacks num_attention_heads, which the {name} q/k row permutation needs",
+                            file=str(cfg_path), rule="config values in range")
         n_layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers") or 0)
         return cls(folder, cfg, str(archs[0]), arch, name, n_layers)
 
