@@ -50,6 +50,13 @@ HOSTILE_STRINGS = ("", " ", "0", "-1", "1e9", "nan", "inf", "null", "true", "gpt
                    "/etc/passwd", "a/../../b", "LlamaForCausalLM", "BitnetForCausalLM", "Qwen2ForCausalLM",
                    "\x00", "\ud7ff", "x" * 300, "[bold]x[/]", "[/]", "\u202e")
 
+#: Keys worth adding to (or finding in) HF JSON configs.
+CONFIG_KEYS = ("quantization_config", "quant_method", "bits", "group_size", "sym", "desc_act", "checkpoint_format",
+               "pack_dtype", "meta", "quantizer", "architectures", "num_hidden_layers", "hidden_size",
+               "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
+               "quantization_mode", "linear_class", "use_rms_norm", "model_type", "weight_map", "attention_bias",
+               "mlp_bias", "tie_word_embeddings")
+
 
 def n_examples(ci: int) -> int:
     """Inputs per test: ``ci`` in CI, or ``$TMAC_FUZZ_EXAMPLES`` for a longer run."""

@@ -143,7 +143,8 @@ class SynthReader(Reader, name="synth-test", priority=1):
         s = json.loads((path / SPEC).read_text())
         self.spec = s
         cfg = json.loads((path / "config.json").read_text())
-        tok = {n: path / n for n in ("tokenizer.json", "tokenizer_config.json") if (path / n).is_file()}
+        tok = {n: path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+               if (path / n).is_file()}
         return SourceModel(path=path, format="synth-test", architecture="LlamaForCausalLM", gguf_arch="llama",
                            config=cfg, quantization={"bits": s["bits"], "group_size": s["group_size"]},
                            tokenizer_files=tok, notes=["synthetic test model"], _reader=self)

@@ -41,11 +41,7 @@ JSONS = [(d, "config.json", o) for d, _, o in SAFETENSORS[::1] if d != "gptq_v2_
     ("autogptq_4bit", "quantize_config.json", {}),
     ("gptq_v2_asym_2bit", "model.safetensors.index.json", {}),
 ]
-KEYS = ("quantization_config", "quant_method", "bits", "group_size", "sym", "desc_act", "checkpoint_format",
-        "pack_dtype", "meta", "quantizer", "architectures", "num_hidden_layers", "hidden_size",
-        "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
-        "quantization_mode", "linear_class", "use_rms_norm", "model_type", "weight_map", "attention_bias",
-        "mlp_bias", "tie_word_embeddings")
+KEYS = F.CONFIG_KEYS
 FOLDERS = sorted({d for d, _, _ in SAFETENSORS})
 CI_EXAMPLES = {"bytes": 350, "header": 300, "json": 400}
 FLOOR = 1000  # mutated inputs this file runs in CI (the three tests together)

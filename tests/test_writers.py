@@ -220,3 +220,24 @@ def test_f16_overflow_is_an_error_naming_the_tensor():
     plan = TensorPlan("big.weight", "f16", (2, 2))
     with pytest.raises(TmacError, match="big.weight.*overflows"):
         enc.encode(FloatTensor("big.weight", np.array([[1.0, 7e4], [0, 0]], np.float32)), plan)
+
+
+def test_sentencepiece_tokenizer_needs_its_package(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here")
+    src = S.write_synth(tmp_path / "src", tokenizer=False)
+    (src / "tokenizer.model").write_bytes(b"\0" * 16)
+    with pytest.raises(TmacError, match="needs the sentencepiece package"):
+        convert(str(src), tmp_path / "o.gguf", verify=False)
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_bpe_without_merges_is_refused(tmp_path):
+    src = S.write_synth(tmp_path / "src")
+    tj = json.loads((src / "tokenizer.json").read_text())
+    tj["model"]["merges"] = []
+    (src / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(TmacError, match="without merges"):
+        convert(str(src), tmp_path / "o.gguf", verify=False)

@@ -159,7 +159,9 @@ def _summary(report) -> None:
              f"time: {report.seconds:.2f} s ({_fmt_bytes(report.src_nbytes / max(report.seconds, 1e-9))}/s of "
              f"source, {report.threads} threads)",
              f"runtime: {report.runtime}; tiles: {report.kcfg_from}" +
-             (f"; kcfg written to {report.kcfg_out}" if report.kcfg_out else "")]
+             (f"; kcfg written to {report.kcfg_out} (T-MAC's runtime reads it from TMAC_KCFG_FILE; its kernels "
+              "must be built for the same tiles)" if report.kcfg_out and report.format == "gguf" else
+              f"; kcfg written to {report.kcfg_out}" if report.kcfg_out else "")]
     for line in lines + [f"note: {n}" for n in report.notes]:
         con.print(line, highlight=False, markup=False)
 

@@ -307,6 +307,9 @@ class BitNetReader(Reader, name="bitnet", priority=20):
             raise TmacError(f"weight_scale must be one finite non-zero number, got {ws.size} value(s) "
                             f"{ws[:4].tolist()}", file=scale_file, tensor=it.scale_hf, rule="weight_scale")
         scale = 1.0 / ws[0] if linear_class == "bitlinear" else ws[0]
+        if not abs(scale) <= float(np.finfo(np.float32).max):
+            raise TmacError(f"the T-MAC scale {scale:g} ({'1 / ' if linear_class == 'bitlinear' else ''}weight_scale) "
+                            "overflows float32", file=scale_file, tensor=it.scale_hf, rule="weight_scale")
         codes = fields + np.uint8(1)  # field 0/1/2 = t -1/0/+1 -> T-MAC code t + 2
         if it.heads:
             codes = permute_qk(codes, it.heads)

@@ -451,7 +451,8 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
 
     Options (only for projections stored in a type that needs re-quantising): ``bits``,
     ``group_size`` (-1 = per row) and ``zero_point``; unset ones take the float reader's defaults
-    (``hf_float.DEFAULTS``: 4-bit, group 128, asymmetric).
+    (``hf_float.DEFAULTS``: 4-bit, group 128, asymmetric); ``quantize=False`` passes such projections
+    through as float instead (for stock llama.cpp outputs).
     """
 
     @classmethod
@@ -538,7 +539,7 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
             if proj and qtype in _EXACT_TYPES:
                 mode = "exact"
                 exact_types[qtype.name] += 1
-            elif proj:
+            elif proj and self.options.get("quantize", True):
                 mode = "rtn"
                 rtn_types[qtype.name] += 1
             else:

@@ -50,6 +50,7 @@ class _Layer:
     group_size: int
     act_order: bool = False
     zp_zero: dict[str, bool] | None = None  # "v1"/"v2" -> every z' is exactly 0 under that convention
+    zp_finite: dict[str, bool] | None = None  # "v1"/"v2" -> every z' is finite in the scales' dtype
 
 
 @dataclass
@@ -128,6 +129,12 @@ class GPTQReader(Reader, name="gptq", priority=10):
             bad = next(lay.name for lay in layers.values() if not lay.zp_zero[fmt])
             notes.append(f"warning: sym=true but {bad} has non-zero zero offsets under {fmt}; zeros are kept")
 
+        over = [lay for lay in layers.values() if not lay.act_order and not lay.zp_finite[fmt]]
+        if over and not drop_zeros:
+            raise TmacError(f"zero offsets z' = (z - {half}) * s overflow the scales' dtype (computed in it, as "
+                            "T-MAC's reference does): a scale is too large for this checkpoint's zero points",
+                            file=str(ckpt.entry(over[0].prefix + ".scales").file), tensor=over[0].name,
+                            rule="zero offsets fit the scale dtype")
         acts = [lay for lay in layers.values() if lay.act_order]
         if acts:
             if act_order == "refuse":
@@ -236,7 +243,10 @@ class GPTQReader(Reader, name="gptq", priority=10):
         s = ckpt.get_float(sc.name)
         if not np.all(np.isfinite(s)):
             raise TmacError("scales contain NaN or infinity", file=str(sc.file), tensor=sc.name, rule="finite scales")
-        layer.zp_zero = {f: not np.any(_zero_offsets(stored, s, b, f)) for f in ("v1", "v2")}
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
+            zps = {f: _zero_offsets(stored, s, b, f) for f in ("v1", "v2")}
+        layer.zp_zero = {f: not np.any(z) for f, z in zps.items()}
+        layer.zp_finite = {f: bool(np.all(np.isfinite(z))) for f, z in zps.items()}
         return layer, stored, word_bits
 
     def _order(self, hf: HFModel, ckpt: SafetensorsCheckpoint, layers: dict[str, _Layer]) -> list[tuple[str, str]]:

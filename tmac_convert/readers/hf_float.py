@@ -7,7 +7,8 @@ are quantised, with :func:`~.quantize.quantize_rtn` at the requested ``bits`` / 
 quantised tensor picks up is recorded in its ``meta["quant_stats"]`` and in ``model.notes``.
 
 Options: ``bits`` (1-4, default 4), ``group_size`` (default 128; -1 = per channel),
-``zero_point`` (default True: asymmetric).
+``zero_point`` (default True: asymmetric); ``quantize=False`` passes the projections through as
+float (for stock llama.cpp outputs, which quantise them themselves or keep them float).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
                 raise TmacError(f"a float checkpoint holds an {e.dtype} tensor (a quantised checkpoint without its "
                                 "quantisation config?)", file=str(e.file), tensor=n, rule="float dtype")
             name = hf.gguf_name(n, file=str(e.file))
-            quant = is_projection(name) and len(e.shape) == 2
+            quant = is_projection(name) and len(e.shape) == 2 and self.options.get("quantize", True)
             if quant:
                 hf.check_shape(name, e.shape[0], e.shape[1], file=str(e.file), tensor=n)
                 k = e.shape[1]
@@ -88,7 +89,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
                     raise TmacError(f"group size {gs} does not divide K = {k}", file=str(e.file), tensor=n,
                                     rule="K % group_size == 0")
             items.append((name, n, quant))
-        if not any(q for _, _, q in items):
+        if not any(q for _, _, q in items) and self.options.get("quantize", True):
             raise TmacError("no attention/MLP projection matrices found to quantise", file=str(ckpt.files[0]),
                             rule="quantisable tensors")
         items.sort(key=lambda t: natural_key(t[0]))
@@ -99,6 +100,9 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
                  "source_dtypes": dtypes}
         notes = [f"float checkpoint ({', '.join(dtypes)}): projections quantised round-to-nearest to {bits} bits, "
                  f"group {'per channel' if gs == -1 else gs}, {'asymmetric' if zp else 'symmetric'}"]
+        if not self.options.get("quantize", True):
+            quant = {"method": "none", "source_dtypes": dtypes}
+            notes = [f"float checkpoint ({', '.join(dtypes)}): projections passed through as float"]
         return SourceModel(path=path, format="hf-float", architecture=hf.architecture, gguf_arch=hf.gguf_arch,
                            config=hf.config, quantization=quant, tokenizer_files=tokenizer_files(hf.folder),
                            notes=notes, _reader=self)
@@ -123,7 +127,11 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
             if not quant:
                 yield FloatTensor(name, data, quantizable=is_projection(name))
                 continue
-            qt, stats = quantize_rtn(name, data, bits=bits, group_size=gs, zero_point=zp)
+            try:
+                qt, stats = quantize_rtn(name, data, bits=bits, group_size=gs, zero_point=zp)
+            except TmacError as e:  # quantize_rtn knows the tensor, not the file
+                raise TmacError(str(e).removeprefix(f"tensor {e.tensor}: "), tensor=e.tensor,
+                                file=str(self._ckpt.entry(n).file), rule=e.rule) from None
             del data
             qt.meta.update({"source": n, "quant_stats": stats})
             model.notes.append(f"{name}: RTN {bits}-bit nmse {stats['nmse']:.3e}, max abs error "

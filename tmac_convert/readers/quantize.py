@@ -102,7 +102,13 @@ def quantize_rtn(name: str, w: np.ndarray, *, bits: int, group_size: int, zero_p
         if not np.all(np.isfinite(blk)):
             bad = int(np.argwhere(~np.isfinite(blk))[0][0]) + r0
             raise TmacError(f"weight row {bad} contains NaN or infinity", tensor=name, rule="finite weights")
-        q, s, z = _quantize_block(blk, bits, gs, zero_point)
+        with np.errstate(over="ignore"):  # a float32 overflow is reported just below, by name
+            q, s, z = _quantize_block(blk, bits, gs, zero_point)
+        finite = np.isfinite(s) if z is None else np.isfinite(s) & np.isfinite(z)
+        if not finite.all():
+            bad = int(np.argwhere(~finite)[0][0]) + r0
+            raise TmacError(f"weight row {bad} spans too wide a range for {bits}-bit round-to-nearest: its scale or "
+                            "zero offset overflows float32", tensor=name, rule="scales fit float32")
         codes[r0:r0 + step] = q
         scales[r0:r0 + step] = s
         # error of the stored form, computed in place on one float64 block: w - ((q - half) * s - z')

@@ -198,13 +198,20 @@ class SafetensorsCheckpoint:
             out = (np.asarray(mm).astype(np.uint32) << 16).view(np.float32)
             del mm
             return out
+        # Plain reads, not safe_open's memory map: mapped pages stay resident in this process (RSS grows
+        # to the whole checkpoint); read() leaves them in the page cache only.  The range was validated
+        # against the file by read_header.
+        dt = DTYPES[e.dtype][0]
+        count = e.nbytes // dt.itemsize
         try:
-            return self._handle(e.file).get_tensor(name)
-        except TmacError:
-            raise
-        except Exception as ex:
+            out = np.fromfile(e.file, dtype=dt, count=count, offset=e.start) if count else np.zeros(0, dt)
+        except (OSError, ValueError) as ex:
             raise TmacError(f"cannot read tensor data: {ex}", file=str(e.file), tensor=name,
                             rule="safetensors format") from None
+        if out.size != count:
+            raise TmacError(f"tensor data is truncated ({out.size} of {count} values)", file=str(e.file),
+                            tensor=name, rule="safetensors format")
+        return out.reshape(e.shape)
 
     def get_float(self, name: str) -> np.ndarray:
         """Load a float tensor as float16 (F16) or float32 (BF16, F32, F64 narrowed)."""

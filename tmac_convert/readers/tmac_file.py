@@ -16,11 +16,9 @@ Options: ``kcfg`` (path or :class:`~tmac_convert.layouts.Kcfg`) for files withou
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import weakref
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,13 +28,13 @@ import numpy as np
 from ..errors import TmacError
 from ..gguf_tmac import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
 from ..layouts import Kcfg, TileConfig, load_kcfg
+from ..layouts.constraints import check_layout
 from .base import Reader, SourceModel, Tensor, TensorInfo
+from .npz_container import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
+                            read_member, read_raw_member)
 
 # The T-MAC-only type ids of each numbering (30 and 39 are also stock BF16 / MXFP4: not evidence alone).
 _TMAC_ONLY = {"tmac": frozenset({36, 37, 38}), "aug2024": frozenset({31, 32, 33})}
-NPZ_MANIFEST = "manifest.json"
-NPZ_FORMAT = "tmac-convert.npz"
-MAX_MANIFEST_BYTES = 64 << 20
 
 
 def _plan_types():
@@ -207,54 +205,50 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     def _open_npz(self, p: Path) -> SourceModel:
         TensorPlan, _, get_encoding = _plan_types()
         file = str(p)
-        man = read_manifest(p)
-        if man.get("format_version", 0) > 1:
-            raise TmacError(f"manifest format_version {man.get('format_version')} is newer than this tool reads",
-                            file=file, rule="npz format version")
-        try:
-            tm = man["tmac"]
-            tensors = man["tensors"]
-            plans = []
-            with zipfile.ZipFile(p) as zf:
-                names = set(zf.namelist())
-            for d in tensors:
-                enc = d["encoding"]
-                shape = tuple(int(x) for x in d["shape"])
-                if enc == "tmac":
-                    pl = TensorPlan(d["name"], enc, shape, bits=int(d["bits"]), group_size=int(d["group_size"]),
-                                    zero_point=bool(d["zero_point"]), per_tensor_scale=bool(d["per_tensor_scale"]),
-                                    tiles=TileConfig(int(d["bm"]), int(d["kfactor"])))
-                else:
-                    pl = TensorPlan(d["name"], enc, shape)
-                pl.nbytes = get_encoding(enc).nbytes(pl)
-                if pl.nbytes != int(d["nbytes"]):
-                    raise TmacError(f"manifest says {d['nbytes']} bytes, the descriptor needs {pl.nbytes}",
-                                    tensor=pl.name, file=file, rule="manifest consistent")
-                if d["member"] not in names:
-                    raise TmacError(f"member {d['member']} is missing", tensor=pl.name, file=file,
-                                    rule="manifest consistent")
-                pl.src_nbytes = pl.nbytes
-                plans.append((pl, d["member"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise TmacError(f"manifest is malformed ({type(e).__name__}: {e})", file=file,
-                            rule="manifest schema") from None
+        man = read_manifest(p)  # schema-checked
+        tm = man["tmac"]
+        names = member_names(p)
+        plans = []
+        for d in man["tensors"]:
+            enc = get_encoding(d["encoding"]).name
+            shape = tuple(d["shape"])
+            if enc == "tmac":
+                pl = TensorPlan(d["name"], enc, shape, bits=d["bits"], group_size=d["group_size"],
+                                zero_point=d["zero_point"], per_tensor_scale=d["per_tensor_scale"],
+                                tiles=TileConfig(d["bm"], d["kfactor"]))
+                m0, k = shape
+                check_layout(m0, k, pl.bits, d["bm"], d["kfactor"], None if pl.per_tensor_scale else pl.group_size,
+                             tensor=pl.name)
+                if pl.per_tensor_scale and (pl.zero_point or pl.group_size != k):
+                    raise TmacError("a per-tensor scale needs group_size == K and no zero points", tensor=pl.name,
+                                    file=file, rule="manifest consistent")
+            else:
+                pl = TensorPlan(d["name"], enc, shape)
+            pl.nbytes = get_encoding(enc).nbytes(pl)
+            if pl.nbytes != d["nbytes"]:
+                raise TmacError(f"manifest says {d['nbytes']} bytes, the descriptor needs {pl.nbytes}",
+                                tensor=pl.name, file=file, rule="manifest consistent")
+            if d["member"] not in names:
+                raise TmacError(f"member {d['member']} is missing", tensor=pl.name, file=file,
+                                rule="manifest consistent")
+            pl.src_nbytes = pl.nbytes
+            plans.append((pl, d["member"]))
+        if len({pl.name for pl, _ in plans}) != len(plans):
+            raise TmacError("the manifest lists a tensor twice", file=file, rule="manifest consistent")
         tok_dir = _extract_tokenizer(p, man.get("tokenizer_files") or [], self)
         gm = man.get("gguf_metadata")
         if gm is not None:
             from ..writers.gguf_meta import kv_from_json
-            if not isinstance(gm, list):
-                raise TmacError("gguf_metadata is not a list", file=file, rule="manifest schema")
             try:
                 self._kv = [kv_from_json(d) for d in gm]
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise TmacError(f"gguf_metadata is malformed ({e})", file=file, rule="manifest schema") from None
         q = dict(man.get("quantization") or {})
-        q.update(bits=tm.get("bits"), group_size=tm.get("group_size"), zero_point=tm.get("zero_point"),
-                 one_scale=tm.get("one_scale"), act_group_size=tm.get("act_group_size"), kcfg=tm.get("kcfg"))
+        q.update(bits=tm["bits"], group_size=tm["group_size"], zero_point=tm["zero_point"],
+                 one_scale=tm["one_scale"], act_group_size=tm["act_group_size"], kcfg=tm["kcfg"])
         self._npz = (p, plans)
-        return SourceModel(path=p, format="tmac-npz", architecture=str(man.get("architecture", "")),
-                           gguf_arch=str(man.get("gguf_arch", "")), config=dict(man.get("config") or {}),
-                           quantization=q, tokenizer_files=tok_dir,
+        return SourceModel(path=p, format="tmac-npz", architecture=man["architecture"], gguf_arch=man["gguf_arch"],
+                           config=dict(man.get("config") or {}), quantization=q, tokenizer_files=tok_dir,
                            gguf_metadata=None if gm is None else {kv.key: kv.value for kv in self._kv},
                            notes=["tmac-convert npz"], _reader=self)
 
@@ -307,16 +301,9 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         if hit is None:
             return None
         pl, member = hit
-        with zipfile.ZipFile(p) as zf, zf.open(member) as f:
-            try:
-                arr = np.lib.format.read_array(f, allow_pickle=False)
-            except ValueError as e:
-                raise TmacError(f"member {member} is not a valid .npy ({e})", tensor=name, file=str(p),
-                                rule="npy member") from None
-        if arr.nbytes != pl.nbytes:
-            raise TmacError(f"member holds {arr.nbytes} bytes, the manifest says {pl.nbytes}", tensor=name,
-                            file=str(p), rule="manifest consistent")
-        return pl, np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        dtype = np.dtype("|u1") if pl.quantized else get_encoding_dtype(pl.encoding)
+        arr = read_member(p, member, nbytes=pl.nbytes, dtype=dtype, tensor=name)
+        return pl, arr.view(np.uint8)
 
     def iter_tensors(self, model: SourceModel) -> Iterator[Tensor]:
         _, _, get_encoding = _plan_types()
@@ -330,52 +317,26 @@ class TmacFileReader(Reader, name="tmac", priority=10):
 
 
 def _is_our_npz(p: Path) -> bool:
-    try:
-        if not zipfile.is_zipfile(p):
-            return False
-        with zipfile.ZipFile(p) as zf:
-            if NPZ_MANIFEST not in zf.namelist():
-                return False
-        return read_manifest(p).get("format") == NPZ_FORMAT
-    except (OSError, zipfile.BadZipFile, TmacError):
-        return False
+    return is_our_npz(p)
 
 
-def read_manifest(p: Path) -> dict[str, Any]:
-    """The npz's ``manifest.json`` as a dict (bounded in size; a TmacError when unreadable)."""
-    try:
-        with zipfile.ZipFile(p) as zf:
-            info = zf.getinfo(NPZ_MANIFEST)
-            if info.file_size > MAX_MANIFEST_BYTES:
-                raise TmacError(f"manifest of {info.file_size} bytes is too large", file=str(p), rule="manifest size")
-            man = json.loads(zf.read(info).decode("utf-8"))
-    except (KeyError, zipfile.BadZipFile, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TmacError(f"cannot read the manifest ({type(e).__name__}: {e})", file=str(p),
-                        rule="npz manifest") from None
-    if not isinstance(man, dict):
-        raise TmacError("manifest is not a JSON object", file=str(p), rule="manifest schema")
-    return man
+def get_encoding_dtype(encoding: str) -> np.dtype:
+    """The stored dtype of a float encoding (``<f2``/``<f4``)."""
+    _, _, get_encoding = _plan_types()
+    return get_encoding(encoding).dtype
 
 
-def _extract_tokenizer(p: Path, names: list[str], owner: Any) -> dict[str, Path]:
+def _extract_tokenizer(p: Path, names: list, owner: Any) -> dict[str, Path]:
     """Copy the npz's tokenizer members to a temporary folder that lives as long as ``owner``."""
     if not names:
         return {}
+    for n in names:
+        if not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", "..") or "\x00" in n:
+            raise TmacError(f"tokenizer file name {n!r} is not a plain file name", file=str(p), rule="manifest schema")
     tmp = Path(tempfile.mkdtemp(prefix="tmac-npz-tok-"))
     weakref.finalize(owner, shutil.rmtree, tmp, True)
     out = {}
-    with zipfile.ZipFile(p) as zf:
-        for n in names:
-            if not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", ".."):
-                raise TmacError(f"tokenizer file name {n!r} is not a plain file name", file=str(p),
-                                rule="manifest schema")
-            member = "tokenizer/" + n
-            try:
-                info = zf.getinfo(member)
-            except KeyError:
-                raise TmacError(f"member {member} is missing", file=str(p), rule="manifest consistent") from None
-            if info.file_size > (1 << 30):
-                raise TmacError(f"member {member} is too large", file=str(p), rule="tokenizer size")
-            (tmp / n).write_bytes(zf.read(info))
-            out[n] = tmp / n
+    for n in names:
+        (tmp / n).write_bytes(read_raw_member(p, TOKENIZER_PREFIX + n, MAX_TOKENIZER_BYTES))
+        out[n] = tmp / n
     return out

@@ -467,6 +467,30 @@ def kv_from_json(d: dict[str, Any]) -> KV:
     if d.get("bytes"):
         v = v.encode("latin-1") if isinstance(v, str) else [x.encode("latin-1") for x in v]
     vt = int(d["type"])
-    if vt not in range(13):
-        raise TmacError(f"metadata {d.get('key')!r} has value type {vt}", rule="manifest schema")
-    return KV(str(d["key"]), vt, v, None if d.get("sub_type") is None else int(d["sub_type"]))
+    sub = None if d.get("sub_type") is None else int(d["sub_type"])
+    key = d["key"]
+    if not isinstance(key, str) or not _value_fits(vt, v, sub):
+        raise TmacError(f"metadata {key!r}: value {str(v)[:60]!r} does not fit value type {vt}/{sub}",
+                        rule="manifest schema")
+    return KV(key, vt, v, sub)
+
+
+_INT_RANGES = {0: (0, 2**8), 1: (-2**7, 2**7), 2: (0, 2**16), 3: (-2**15, 2**15), 4: (0, 2**32), 5: (-2**31, 2**31),
+               10: (0, 2**64), 11: (-2**63, 2**63)}
+
+
+def _value_fits(vt: int, v: Any, sub: int | None, depth: int = 0) -> bool:
+    """Whether ``v`` can be written as GGUF value type ``vt`` (arrays: every element as ``sub``)."""
+    if vt in _INT_RANGES:
+        lo, hi = _INT_RANGES[vt]
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+    if vt in (6, 12):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if vt == 7:
+        return isinstance(v, bool)
+    if vt == 8:
+        return isinstance(v, (str, bytes))
+    if vt == 9:
+        return (depth < 2 and isinstance(v, list) and sub is not None and sub != 9
+                and all(_value_fits(sub, x, None, depth + 1) for x in v))
+    return False

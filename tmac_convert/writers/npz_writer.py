@@ -27,10 +27,7 @@ from .base import OutputWriter, WriteContext
 from .encodings import TensorPlan
 from .gguf_meta import CONVERTER, TMAC_FORMAT_VERSION, carried_kv, kv_to_json
 
-NPZ_FORMAT = "tmac-convert.npz"
-NPZ_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TOKENIZER_PREFIX = "tokenizer/"
+from ..readers.npz_container import MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION, TOKENIZER_PREFIX
 
 
 def member_name(tensor: str) -> str:

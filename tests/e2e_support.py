@@ -1,0 +1,158 @@
+"""Helpers of the end-to-end tests: a source's weights read independently, and llama.cpp's logits.
+
+Nothing here uses the converter's readers or writers.  :func:`source_weights` opens a fixture
+folder with its own small safetensors parser and dequantises it the way the *producer* defines
+the weights, in HF names and HF row order (float64):
+
+* float checkpoints: the stored values;
+* GPTQ: ``W = (q - z[g_idx]) * s[g_idx]`` from a ``np.unpackbits`` bit stream
+  (:func:`tests.test_readers_gptq.ref_dequant`), v1 zeros stored as ``z - 1``;
+* BitNet float (1bitLLM ``BitnetForCausalLM``): BitNet's ``weight_quant`` in float64,
+  ``W = clip(round(W / s), -1, 1) * s`` with ``s = mean|W|`` rounded to the checkpoint dtype;
+* BitNet packed (transformers ``BitNetForCausalLM``): four row slabs of 2-bit fields, ``W = (f - 1) /
+  weight_scale``.
+
+:func:`llama_logits` runs a GGUF in stock llama.cpp (``llama-cpp-python``) and returns the logits
+of every position.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+# ---------------------------------------------------------------------------------------------
+# safetensors, read without the converter
+
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+           "U8": "u1", "BF16": "<u2"}
+
+
+def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a folder's ``*.safetensors`` files (BF16 widened exactly to float32)."""
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        raw = f.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        base = 8 + n
+        for name, e in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = e["data_offsets"]
+            arr = np.frombuffer(raw[base + a: base + b], dtype=_DTYPES[e["dtype"]]).reshape(e["shape"])
+            if e["dtype"] == "BF16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            out[name] = arr
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the source's own weights
+
+def _gptq_weights(folder: Path, config: dict, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sys.path.insert(0, str(ROOT))
+    from tests.test_readers_gptq import ref_unpack  # np.unpackbits bit stream, not the converter's
+
+    truth = json.loads((folder / "fixture.json").read_text())  # what the fixture's producer wrote
+    bits, conv = int(truth["bits"]), truth["zero_convention"]
+    out: dict[str, np.ndarray] = {}
+    for name, a in raw.items():
+        if name.endswith(".qweight"):
+            p = name[: -len(".qweight")]
+            q = ref_unpack(a, bits, 0).T                                                  # [M0, K]
+            z = ref_unpack(raw[p + ".qzeros"], bits, 1) + (1 if conv == "v1" else 0)     # [G, M0]
+            s = raw[p + ".scales"].astype(np.float64)                                    # [G, M0]
+            g = raw[p + ".g_idx"].astype(np.int64)                                       # [K]
+            out[p + ".weight"] = (q - z[g].T) * s[g].T
+        elif not name.endswith((".qzeros", ".scales", ".g_idx")):
+            out[name] = a.astype(np.float64)
+    return out
+
+
+def _bitnet_float_weights(config: dict, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    dtype = np.float16 if config.get("torch_dtype") == "float16" else np.float32
+    out: dict[str, np.ndarray] = {}
+    for name, a in raw.items():
+        w = a.astype(np.float64)
+        if name.endswith("_proj.weight"):
+            s = max(float(np.abs(w).mean()), 1e-5)
+            t = np.clip(np.round(w / s), -1, 1)
+            w = t * float(dtype(s))
+        out[name] = w
+    return out
+
+
+def _bitnet_packed_weights(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, a in raw.items():
+        if name.endswith(".weight_scale"):
+            continue
+        if a.dtype == np.uint8:
+            # four slabs of rows: slab i holds the 2-bit field at bits 2i, 2i+1 of every byte
+            fields = [((a >> (2 * i)) & 3).astype(np.float64) for i in range(4)]
+            t = np.concatenate(fields, axis=0) - 1.0
+            out[name] = t / float(raw[name + "_scale"].reshape(-1)[0])
+        else:
+            out[name] = a.astype(np.float64)
+    return out
+
+
+def source_weights(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, weights)``: a fixture's HF config and its float64 weights in HF names and row order."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    raw = read_safetensors(folder)
+    qc = config.get("quantization_config") or {}
+    if any(n.endswith(".qweight") for n in raw):
+        return config, _gptq_weights(folder, config, raw)
+    if "bitnet" in config["architectures"][0].lower():
+        if qc.get("quant_method") == "bitnet":
+            return config, _bitnet_packed_weights(raw)
+        return config, _bitnet_float_weights(config, raw)
+    return config, {n: a.astype(np.float64) for n, a in raw.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer and llama.cpp
+
+def source_tokenize(folder: Path, text: str) -> list[int]:
+    """Token ids of ``text`` by the source's ``tokenizer.json`` (``tokenizers`` package, no specials)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(folder) / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+
+class LlamaCpp:
+    """A GGUF loaded in stock llama.cpp, with logits for every position."""
+
+    def __init__(self, path: Path, n_ctx: int = 128) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=2,
+                                   n_batch=n_ctx, verbose=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """float64 ``[len(tokens), vocab]``: llama.cpp's logits after each token."""
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[: self.llm.n_tokens], dtype=np.float64)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def rel_logit_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Max absolute logit difference over every position, relative to the reference's logit range."""
+    return float(np.max(np.abs(got - want)) / (want.max() - want.min()))
