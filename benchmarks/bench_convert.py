@@ -221,10 +221,11 @@ def main() -> None:
     from tmac_convert.convert import convert
 
     out = work / "model.tmac.gguf"
+    load = os.getloadavg()[0]
     with RssSampler() as rss:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         report = convert(str(src), out, verify=not a.no_verify, threads=a.threads, force=True)
-        t_conv = time.perf_counter() - t
+        t_conv, c_conv = time.perf_counter() - t, time.process_time() - c
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out_bytes = out.stat().st_size
     if not a.keep:
@@ -236,6 +237,7 @@ def main() -> None:
         "copy_s": round(t_copy, 3), "convert_s": round(t_conv, 3),
         "copy_GBps": round(src_bytes / t_copy / 1e9, 3), "convert_GBps": round(src_bytes / t_conv / 1e9, 3),
         "ratio_to_copy": round(t_conv / t_copy, 2),
+        "convert_cpu_s": round(c_conv, 2), "load_avg_before": round(load, 2), "cores": os.cpu_count(),
         "peak_rss_MB": round(peak / 1e6, 1), "peak_rss_anon_MB": round(rss.peak["RssAnon"] / 1e6, 1),
         "peak_rss_file_MB": round(rss.peak["RssFile"] / 1e6, 1),
         "worst_nmse": None if worst is None else worst.nmse,

@@ -156,3 +156,41 @@ class LlamaCpp:
 def rel_logit_error(got: np.ndarray, want: np.ndarray) -> float:
     """Max absolute logit difference over every position, relative to the reference's logit range."""
     return float(np.max(np.abs(got - want)) / (want.max() - want.min()))
+
+
+# ---------------------------------------------------------------------------------------------
+# deliberately broken copies (negative controls: the bars must catch the classic converter bugs)
+
+def rewrite_gguf(src: Path, dst: Path, *, tensors: dict[str, Any] | None = None,
+                 kv: dict[str, Any] | None = None) -> Path:
+    """Copy a float (F16/F32) GGUF with ``tensors[name](array) -> array`` and ``kv[key] = value`` applied."""
+    import gguf
+
+    tensors, kv = tensors or {}, kv or {}
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub = f.types[1] if len(f.types) > 1 else None
+        w.add_key_value(key, kv.get(key, f.contents()), f.types[0], sub)
+    for t in r.tensors:
+        data = np.array(t.data)
+        if t.name in tensors:
+            data = np.ascontiguousarray(tensors[t.name](data), dtype=data.dtype)
+        w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(dst)
+
+
+def unpermute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k permutation: HF row h*d + p*d/2 + i takes GGUF row h*d + 2i + p."""
+    m0 = rows.shape[0]
+    d = m0 // n_head
+    r = np.arange(m0)
+    h, rem = np.divmod(r, d)
+    p, i = np.divmod(rem, d // 2)
+    return rows[h * d + 2 * i + p]

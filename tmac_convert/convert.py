@@ -26,7 +26,7 @@ from .gguf_tmac import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
 from .parallel import cpu_count
 from .pipeline import run_pipeline
-from .readers.base import FloatTensor, SourceModel, Tensor, TensorInfo
+from .readers.base import SourceModel, Tensor, TensorInfo
 from .tensor import QuantTensor
 from .writers.atomic import AtomicOutputs
 from .writers.base import WriteContext, get_writer
@@ -184,27 +184,32 @@ def check_requested(infos: list[TensorInfo], *, bits: int | None, group_size: in
 
 def _check_tensor(t: Tensor, e: TensorPlan) -> None:
     """The streamed tensor is the one planned (a reader that changed its mind is a bug to report)."""
-    if isinstance(t, QuantTensor) != e.quantized:
-        raise TmacError(f"yielded {'quantised' if isinstance(t, QuantTensor) else 'float'}, planned otherwise",
-                        tensor=e.name, rule="reader yields what tensor_infos() said")
-    if isinstance(t, QuantTensor):
+    if e.quantized:
+        if not isinstance(t, QuantTensor):
+            raise TmacError("yielded a float tensor where a quantised one was announced", tensor=e.name,
+                            rule="reader yields what tensor_infos() said")
         gs = t.shape[1] if t.per_tensor_scale else t.group_size
         got = (t.shape, t.bits, gs, t.zeros is not None, t.per_tensor_scale)
         want = (tuple(e.shape), e.bits, e.group_size, e.zero_point, e.per_tensor_scale)
         if got != want:
             raise TmacError(f"yielded (shape, bits, group, zero point, per-tensor) {got}, planned {want}",
                             tensor=e.name, rule="reader yields what tensor_infos() said")
-    elif tuple(np.shape(t.data)) != tuple(e.shape):
-        raise TmacError(f"yielded shape {tuple(np.shape(t.data))}, planned {tuple(e.shape)}", tensor=e.name,
+        return
+    shape = t.shape if isinstance(t, QuantTensor) else tuple(np.shape(t.data))
+    if tuple(shape) != tuple(e.shape):
+        raise TmacError(f"yielded shape {tuple(shape)}, planned {tuple(e.shape)}", tensor=e.name,
                         rule="reader yields what tensor_infos() said")
 
 
 def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
     """Encode one tensor (and verify a quantised one); runs in a worker thread."""
     _check_tensor(t, e)
-    data = get_encoding(e.encoding).encode(t, e)
+    enc = get_encoding(e.encoding)
+    data = enc.encode(t, e)
     result = None
-    if verify and e.quantized:
+    if verify and e.encoding != "tmac":
+        result = enc.check(t, data, e)
+    elif verify:
         from .verify import check, verify_tensor
 
         k = e.shape[1]
@@ -216,8 +221,14 @@ def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
     return e, data, result
 
 
-def _type_label(e: TensorPlan, runtime) -> str:
-    return f"I{e.bits}" if e.quantized else e.encoding.upper()
+def _figure(result: Any, name: str) -> float | None:
+    v = getattr(result, name, None)
+    return None if v is None else float(v)
+
+
+def _type_label(e: TensorPlan) -> str:
+    """``I{bits}`` for T-MAC tensors, the encoding's name (``F16``, ``Q4_0``...) otherwise."""
+    return f"I{e.bits}" if e.encoding == "tmac" else e.encoding.upper()
 
 
 def convert(source: str | Path, out: str | Path | None = None, *, format: str = "gguf", bits: int | None = None,
@@ -306,10 +317,9 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                 writer.write(e, data, result)
                 done_bytes += e.nbytes
                 report.tensors.append(TensorReport(
-                    e.name, _type_label(e, rt), tuple(e.shape), e.src_nbytes, e.nbytes,
+                    e.name, _type_label(e), tuple(e.shape), e.src_nbytes, e.nbytes,
                     bm=e.tiles.bm if e.tiles else None, kfactor=e.tiles.kfactor if e.tiles else None,
-                    nmse=None if result is None else float(result.nmse),
-                    max_abs_err=None if result is None else float(result.max_abs_err)))
+                    nmse=_figure(result, "nmse"), max_abs_err=_figure(result, "max_abs_err")))
                 del data
                 if progress is not None:
                     progress(ProgressUpdate(n + 1, total, done_bytes, bytes_total, e.name))

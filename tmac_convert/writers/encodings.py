@@ -90,6 +90,15 @@ class Encoding:
         """Inverse of :meth:`encode`: uint8 bytes -> the intermediate form."""
         raise NotImplementedError
 
+    def check(self, tensor: Tensor, data: np.ndarray, plan: TensorPlan):
+        """Prove ``data`` computes what ``tensor`` does; raise :class:`VerificationError` if not.
+
+        Returns an object with ``nmse`` and ``max_abs_err`` (for the report), or None when the encoding
+        has nothing to prove (a float cast).  T-MAC blobs are checked by the kernel instead (the
+        pipeline calls :func:`tmac_convert.verify.verify_tensor`, which needs the activation group).
+        """
+        return None
+
 
 def get_encoding(name: str) -> Encoding:
     """An instance of the encoding registered as ``name``."""

@@ -114,10 +114,11 @@ def plan_model(infos: list[TensorInfo], *, kcfg: Kcfg | None = None, act_group_s
         if kcfg is not None:
             try:
                 sec = kcfg.lookup(m0, k, bits)
-            except TmacError as e:
-                near = str(e).split("; ", 1)
+            except TmacError:
+                near = [s.section for s in kcfg if s.m == m0 * bits and s.k == k]
                 problems.append(f"{desc}: missing section qgemm_lut_t*_int8_m{m0 * bits}_k{k}_n1_b{bits}"
-                                + (f" ({near[1]})" if len(near) > 1 else ""))
+                                + (f" ({', '.join(near)} has the same m and k but other bits; T-MAC's own look-up "
+                                   "would have used it silently)" if near else ""))
                 continue
             probs = sec.problems(m0, k, bits, group_size=gs, zero_point=first.zero_point,
                                  per_tensor=first.per_tensor_scale)
