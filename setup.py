@@ -11,6 +11,7 @@ else:
 
 NATIVE = {
     "tmac_convert._layout_native": ["kernels/layout.c"],
+    "tmac_convert._gptq_native": ["kernels/gptq_unpack.c"],
     "tmac_convert._lut_native": ["kernels/lut.c", "kernels/lut_scalar.c", "kernels/lut_avx2.c", "kernels/lut_neon.c"],
 }
 

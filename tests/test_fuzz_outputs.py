@@ -264,10 +264,20 @@ def test_verify_with_source_catches_any_changed_tensor_byte(outputs, data):
 @given(st.data())
 def test_cli_inspect_and_verify_on_mutated_outputs_exit_cleanly(outputs, data):
     name = data.draw(st.sampled_from(GGUFS))
-    if data.draw(st.booleans()):
+    how = data.draw(st.integers(0, 2))
+    if how == 0:
         blob = data.draw(tmac_key_edit(outputs.images[name]))
-    else:
+    elif how == 1:
         blob = data.draw(F.mutated_bytes(outputs.read(name), hot=parse(outputs.path(name)).data_offset))
+    else:  # text a terminal or a markup renderer might interpret, in a metadata value or a tensor name
+        im = outputs.images[name].copy()
+        text = data.draw(st.one_of(st.sampled_from(F.HOSTILE_STRINGS), st.text(max_size=30)))
+        target = data.draw(st.sampled_from(["general.name", "tokenizer.ggml.pre", "tensor"]))
+        if target == "tensor":
+            im.tensors[-1].name = text or "x"
+        elif im.kv(target) is not None:
+            im.kv(target).value = text
+        blob = F.Blob(im.to_bytes(), f"{target} = {text!r}")
     F.COUNTS[FILE] += 1
     with outputs.swap(name, blob.data) as p:
         for argv, allowed in ((["inspect", str(p)], (0, 2)), (["inspect", "--json", str(p)], (0, 2)),

@@ -102,3 +102,18 @@ def test_bad_packing_requests_raise(call, rule: str) -> None:
     with pytest.raises(TmacError) as e:
         call()
     assert e.value.rule == rule
+
+
+@given(bits=st.sampled_from([1, 2, 3, 4]), word=st.sampled_from(WORDS), runs=st.integers(1, 3),
+       cols=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_native_qweight_unpack_equals_the_numpy_bit_stream(bits: int, word: str, runs: int, cols: int,
+                                                           seed: int) -> None:
+    """The C unpack-and-transpose (used for speed) gives exactly the numpy path's codes, any words."""
+    from tmac_convert.readers import gptq_bits
+
+    assert gptq_bits._native is not None, "the native GPTQ module was not built"
+    wdt = np.dtype(word)
+    rows = period(bits, wdt.itemsize * 8)[0] * runs
+    rng = np.random.default_rng(seed)
+    words = rng.integers(np.iinfo(wdt).min, np.iinfo(wdt).max, (rows, cols), dtype=wdt, endpoint=True)
+    assert np.array_equal(unpack_qweight(words, bits), unpack_fields(words.T, bits, axis=1))

@@ -73,6 +73,16 @@ class RuntimeName(str, Enum):
     aug2024 = "aug2024"
 
 
+class OutType(str, Enum):
+    tmac = "tmac"
+    q4_0 = "q4_0"
+    q4_1 = "q4_1"
+    tq1_0 = "tq1_0"
+    tq2_0 = "tq2_0"
+    f16 = "f16"
+    f32 = "f32"
+
+
 def _err(message: str) -> None:
     typer.echo(f"tmac-convert: error: {message}", err=True)
 
@@ -189,6 +199,12 @@ def convert_cmd(
     act_group: Optional[int] = typer.Option(None, "--act-group", help="Kernel activation group size (-1: K)."),
     tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre",
                                                 help="tokenizer.ggml.pre when it cannot be recognised."),
+    out_type: OutType = typer.Option(OutType.tmac, "--type",
+                                     help="Projection tensor type: tmac (T-MAC I-types, default) or a stock "
+                                          "llama.cpp type, written only where it holds the source's codes exactly."),
+    allow_lossy: bool = typer.Option(False, "--allow-lossy",
+                                     help="With a stock --type: re-quantise what it cannot hold exactly (the error "
+                                          "is reported per tensor)."),
 ) -> None:
     """Convert SOURCE to a T-MAC GGUF (or npz) file, verifying every quantised tensor."""
     from .convert import convert
@@ -198,7 +214,7 @@ def convert_cmd(
         kwargs = dict(format=format.value, bits=bits, group_size=group, zero_point=zero_point, kcfg=kcfg,
                       preset=preset, runtime=runtime.value, threads=threads, force=force, verify=not no_verify,
                       act_group_size=act_group, tokenizer_pre=tokenizer_pre, progress=update,
-                      **_reader_options(gptq_format, act_order))
+                      out_type=out_type.value, allow_lossy=allow_lossy, **_reader_options(gptq_format, act_order))
         if prog is not None:
             with prog:
                 report = convert(source, out, **kwargs)

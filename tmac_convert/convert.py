@@ -228,7 +228,9 @@ def _figure(result: Any, name: str) -> float | None:
 
 def _type_label(e: TensorPlan) -> str:
     """``I{bits}`` for T-MAC tensors, the encoding's name (``F16``, ``Q4_0``...) otherwise."""
-    return f"I{e.bits}" if e.encoding == "tmac" else e.encoding.upper()
+    if e.encoding == "tmac":
+        return f"I{e.bits}"
+    return getattr(get_encoding(e.encoding), "type_name", e.encoding.upper())
 
 
 def convert(source: str | Path, out: str | Path | None = None, *, format: str = "gguf", bits: int | None = None,
@@ -236,7 +238,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
             preset: str | None = None, runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
             force: bool = False, verify: bool = True, act_group_size: int | None = None,
             tokenizer_pre: str | None = None, progress: Callable[[ProgressUpdate], None] | None = None,
-            **reader_options: Any) -> ConversionReport:
+            out_type: str = "tmac", allow_lossy: bool = False, **reader_options: Any) -> ConversionReport:
     """Convert a checkpoint to a T-MAC GGUF (or npz) file.
 
     Args:
@@ -257,6 +259,10 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         act_group_size: the kernels' activation group size (default: from the kcfg, else 64; -1 = K).
         tokenizer_pre: ``tokenizer.ggml.pre`` when the pre-tokenizer cannot be recognised.
         progress: called with a :class:`ProgressUpdate` after each tensor.
+        out_type: ``tmac`` (T-MAC ``I`` types), or a stock llama.cpp type for the projections (``q4_0``,
+            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.writers.stock`): the
+            same GGUF otherwise, without kcfg, tiles or ``tmac.*`` keys.
+        allow_lossy: with a stock type, re-quantise tensors whose codes it cannot hold (else refused).
         reader_options: passed to the reader (e.g. ``gptq_format``).
 
     Returns:
@@ -271,8 +277,27 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         raise TmacError(f"--bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
     if group_size is not None and group_size < -1:
         raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")
+    stock = out_type != "tmac"
+    if stock:
+        from .writers.stock import encoding_name, plan_stock
+
+        encoding_name(out_type, lossy=allow_lossy)  # an unknown type is refused here
+        if format != "gguf":
+            raise TmacError(f"--type {out_type} is a GGUF tensor type; --format {format} holds T-MAC blobs only",
+                            rule="stock types are GGUF")
+        given = [n for n, v in (("--bits", bits), ("--group", group_size), ("--zero-point", zero_point),
+                                ("--kcfg", kcfg), ("--preset", preset), ("--act-group", act_group_size)) if v is not None]
+        if given:
+            raise TmacError(f"{', '.join(given)} set T-MAC's quantisation or tiles; --type {out_type} keeps the "
+                            "source's own codes", rule="options apply to the output type")
+        reader_options = {**reader_options, "quantize": False}  # float projections stay float
+    elif allow_lossy:
+        raise TmacError("--allow-lossy applies to a stock --type (q4_0, q4_1, tq1_0, tq2_0)",
+                        rule="options apply to the output type")
     kc = resolve_kcfg(kcfg, preset)
     out_path = Path(out) if out is not None else default_out(source, writer_cls.suffix)
+    if stock and out is None:  # <name>.q4_0.gguf: not a T-MAC file
+        out_path = out_path.with_name(out_path.name.replace(".tmac.gguf", f".{out_type}.gguf"))
 
     from .readers import read
 
@@ -285,8 +310,11 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     check_requested(infos, bits=bits, group_size=group_size, zero_point=zero_point, file=str(model.path))
     extras = extra_tensors(model, {i.name for i in infos})
     all_infos = infos + [TensorInfo(t.name, tuple(t.data.shape), nbytes=t.data.nbytes) for t in extras]
-    plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
-                      generated=frozenset(t.name for t in extras))
+    if stock:
+        plan = plan_stock(all_infos, out_type, allow_lossy=allow_lossy, generated=frozenset(t.name for t in extras))
+    else:
+        plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
+                          generated=frozenset(t.name for t in extras))
 
     ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre)
     writer = writer_cls(ctx)
@@ -296,9 +324,10 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     targets = [out_path] + ([kcfg_out] if kcfg_out else [])
     nthreads = threads or cpu_count()
     report = ConversionReport(
-        source=str(source), source_format=model.format, out=str(out_path), format=format, runtime=rt.name,
+        source=str(source), source_format=model.format, out=str(out_path), format=format,
+        runtime="stock llama.cpp" if stock else rt.name,
         kcfg_out=str(kcfg_out) if kcfg_out else None,
-        kcfg_from=(kc.source or "given") if kc is not None else "default tiles",
+        kcfg_from="none (stock type)" if stock else (kc.source or "given") if kc is not None else "default tiles",
         act_group_size=plan.act_group_size, threads=nthreads, verified=verify)
 
     def stream() -> Iterator[Tensor]:

@@ -17,11 +17,20 @@ viewed as words; the only Python loops run over the (at most 8) field positions 
 
 from __future__ import annotations
 
+import os
+import sys
 from math import lcm
 
 import numpy as np
 
 from ..errors import TmacError
+
+try:
+    if os.environ.get("TMAC_CONVERT_NO_NATIVE"):
+        raise ImportError("disabled by TMAC_CONVERT_NO_NATIVE")
+    from .. import _gptq_native as _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None
 
 PACK_DTYPES: dict[str, type] = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -161,9 +170,23 @@ def pack_fields(values: np.ndarray, bits: int, axis: int = 0,
 
 
 def unpack_qweight(qweight: np.ndarray, bits: int) -> np.ndarray:
-    """GPTQ ``qweight`` ``[K*b/W, M0]`` -> codes uint8 ``[M0, K]`` (C-contiguous)."""
+    """GPTQ ``qweight`` ``[K*b/W, M0]`` -> codes uint8 ``[M0, K]`` (C-contiguous).
+
+    The native module unpacks and transposes in one pass; :func:`unpack_fields` is the numpy path.
+    """
     qweight = np.asarray(qweight)
-    return unpack_fields(qweight.T, bits, axis=1)
+    if _native is None or qweight.ndim != 2 or sys.byteorder != "little":
+        return unpack_fields(qweight.T, bits, axis=1)
+    _check_bits(bits)
+    _check_words(qweight)
+    r, m0 = qweight.shape
+    wb = qweight.dtype.itemsize * 8
+    if r % period(bits, wb)[0]:
+        return unpack_fields(qweight.T, bits, axis=1)  # raises the packed-length error
+    q = np.ascontiguousarray(qweight)
+    out = np.empty((m0, r * wb // bits), dtype=np.uint8)
+    _native.unpack_qweight(q, out, r, m0, q.dtype.itemsize, bits, 0, m0)
+    return out
 
 
 def pack_qweight(codes: np.ndarray, bits: int, dtype: str | np.dtype | type = np.int32) -> np.ndarray:

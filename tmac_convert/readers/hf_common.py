@@ -43,7 +43,7 @@ def load_json(path: Path) -> dict[str, Any]:
 # refused here instead of failing later (or making the gguf name tables build a million blocks).
 _SIZE_KEYS: dict[str, int] = {"num_hidden_layers": 1024, "n_layer": 1024, "num_layers": 1024,
                               "hidden_size": 1 << 20, "num_attention_heads": 1 << 16, "num_key_value_heads": 1 << 16,
-                              "head_dim": 1 << 16, "intermediate_size": 1 << 22, "vocab_size": 1 << 24}
+                              "head_dim": 1 << 16, "intermediate_size": 1 << 22, "vocab_size": 1 << 21}
 
 
 def _check_sizes(cfg: dict[str, Any], file: str) -> None:

@@ -73,8 +73,13 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             w.add_quantized_by(CONVERTER)
         if gguf.Keys.General.QUANTIZATION_VERSION not in have:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_file_type(ctx.runtime.file_type if ctx.plan.bits else int(gguf.LlamaFileType.MOSTLY_F16))
-        tmac_meta(ctx).add_to(w)
+        if ctx.plan.stock:  # a stock llama.cpp file: its block type, and no tmac.* keys
+            from .stock import FILE_TYPES
+
+            w.add_file_type(int(FILE_TYPES[ctx.plan.stock]))
+        else:
+            w.add_file_type(ctx.runtime.file_type if ctx.plan.bits else int(gguf.LlamaFileType.MOSTLY_F16))
+            tmac_meta(ctx).add_to(w)
         dummy = np.dtype(np.float32)  # anything but uint8 keeps the logical shape as given
         for e in ctx.plan.entries:
             enc = get_encoding(e.encoding)
@@ -135,6 +140,11 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
                                 f"{rec.offset}, planned type {want} shape {tuple(e.shape)} of {e.nbytes} bytes",
                                 tensor=e.name, file=str(path), rule="written = planned")
         meta = TmacMeta.from_kv(gf.kv, str(path))
+        if plan.stock:
+            if meta is not None:
+                raise TmacError("a stock llama.cpp file was written with tmac.* keys", file=str(path),
+                                rule="written = planned")
+            return
         if meta is None or meta.tiles != {e.name: (e.tiles.bm, e.tiles.kfactor) for e in plan.quantized}:
             raise TmacError("the tmac.* keys read back differ from the plan", file=str(path), rule="written = planned")
 

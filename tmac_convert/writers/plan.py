@@ -39,6 +39,7 @@ class ModelPlan:
     group_size: int = 0
     zero_point: bool = False
     one_scale: bool = False
+    stock: str | None = None  # a stock llama.cpp type (writers.stock): no I-types, no kcfg, no tmac.* keys
     _by_name: dict[str, TensorPlan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

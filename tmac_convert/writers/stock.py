@@ -492,7 +492,7 @@ def plan_stock(infos: list[TensorInfo], stock: str, *, allow_lossy: bool = False
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise TmacError("the source yields this tensor twice", tensor=dup, rule="unique tensor names")
-    return ModelPlan(entries, Kcfg([]))
+    return ModelPlan(entries, Kcfg([]), stock=stock)
 
 
 def _listing(items: list[str], limit: int = 4) -> str:
