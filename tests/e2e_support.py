@@ -163,7 +163,8 @@ def rel_logit_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def rewrite_gguf(src: Path, dst: Path, *, tensors: dict[str, Any] | None = None,
                  kv: dict[str, Any] | None = None) -> Path:
-    """Copy a float (F16/F32) GGUF with ``tensors[name](array) -> array`` and ``kv[key] = value`` applied."""
+    """Copy a GGUF with ``tensors[name](array) -> array`` and ``kv[key] = value`` applied (quantised tensors
+    are passed as their uint8 block rows, float ones as float arrays, both in the gguf package's shapes)."""
     import gguf
 
     tensors, kv = tensors or {}, kv or {}

@@ -201,6 +201,14 @@ def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str]) -
         # llama.cpp's converter marks BitNet's RoPE as linear with factor 1
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(1.0)
+    act = c.get("hidden_act")
+    if arch == "bitnet" and act not in (None, "silu"):
+        # llama.cpp's bitnet graph defaults to SiLU; newer builds read {arch}.hidden_activation.  "silu"
+        # itself is not written: some builds map that string to a fused-gate SwiGLU.
+        w.add_string(f"{arch}.hidden_activation", str(act))
+        notes.append(f"BitNet hidden_act {act!r} written as {arch}.hidden_activation; llama.cpp builds that do not "
+                     "read it (up to at least the one in llama-cpp-python 0.3.36) run SiLU instead and compute "
+                     "a different model")
 
 
 def llama3_rope_factors(config: dict) -> np.ndarray | None:
