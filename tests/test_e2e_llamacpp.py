@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp", reason="stock llama.cpp is not installed (pip install llama-cpp-python); "
-                                        "the end-to-end logits tests need it")
+pytest.importorskip("llama_cpp", exc_type=ImportError,
+                    reason="stock llama.cpp is not importable (pip install -e '.[e2e]' builds llama-cpp-python); "
+                           "the end-to-end logits tests need it")
 
 from tests.e2e_support import (FIXTURES, LlamaCpp, rel_logit_error, rewrite_gguf,  # noqa: E402
                                source_tokenize, source_weights, unpermute_rows)

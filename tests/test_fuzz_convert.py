@@ -23,8 +23,8 @@ from tmac_convert.gguf_tmac import parse
 from . import _fuzz as F
 
 FILE = __name__
-CI_EXAMPLES = 120
-FLOOR = 110
+CI_EXAMPLES = 100
+FLOOR = 90
 HF = ["gptq_v2_asym_2bit", "gptq_1bit", "bitnet_packed", "bitnet_float", "llama_f16"]
 GGUF = ["gguf_q4_0", "gguf_tq2_0"]
 TOKENIZER_KEYS = ("model", "vocab", "merges", "pre_tokenizer", "added_tokens", "type", "byte_fallback",

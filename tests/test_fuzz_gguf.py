@@ -5,8 +5,9 @@ header), single header fields (every count, string length, value type, array len
 id and offset, located by re-serialising the file) set to interesting integers, and semantic edits of
 the metadata and tensor infos written as well-formed GGUF (other value types, missing or odd
 ``general.architecture`` and ``general.alignment``, ``tmac.*`` keys, other type ids, dimensions, names
-and offsets).  Most inputs use a slim copy of each fixture without the 512-token vocabulary arrays
-(the ``gguf`` package parses those slowly); one test mutates the full files.
+and offsets).  Most inputs use a slim copy of each fixture -- layer 0 only, without the 512-token vocabulary
+arrays (the ``gguf`` package parses those slowly) -- to spend the time on more inputs; one test
+mutates the full files.
 
 Property: :func:`tmac_convert.read` gives a self-consistent model whose exactly mapped tensors
 (Q4_0/Q4_1/TQ1_0/TQ2_0 projections) dequantise to what ``gguf.quants.dequantize`` gives for the same
@@ -32,8 +33,8 @@ from . import _fuzz as F
 
 FILE = __name__
 VARIANTS = ["gguf_q4_0", "gguf_q4_1", "gguf_tq1_0", "gguf_tq2_0", "gguf_f16"]
-CI_EXAMPLES = {"bytes": 250, "fields": 250, "semantic": 200, "full": 20}
-FLOOR = 650
+CI_EXAMPLES = {"bytes": 200, "fields": 200, "semantic": 150, "full": 15}
+FLOOR = 530
 Q = gguf.GGMLQuantizationType
 
 
@@ -41,9 +42,10 @@ Q = gguf.GGMLQuantizationType
 def stage(tmp_path_factory):
     s = F.Stage(tmp_path_factory.mktemp("fuzz-gguf"), [f"{v}/model.gguf" for v in VARIANTS])
     s.images = {}
-    for v in VARIANTS:
+    for v in VARIANTS:  # slim: no vocabulary arrays, layer 0 only (a valid file, a third of the decoding work)
         im = F.GGUFImage.load(s.path(f"{v}/model.gguf"))
         im.kvs = [kv for kv in im.kvs if not (kv.key.startswith("tokenizer.") and kv.vtype == 9)]
+        im.tensors = [t for t in im.tensors if t.name.startswith("blk.0.") or t.name == "output_norm.weight"]
         (s.path(f"{v}/slim.gguf")).write_bytes(im.to_bytes())
         s.images[v] = im
     return s
@@ -54,14 +56,18 @@ def stage(tmp_path_factory):
 
 def gguf_oracle():
     """Checks each streamed tensor against ``gguf.quants.dequantize`` of its own bytes in the file."""
-    cache = {}
+    cache: dict = {}
 
     def check(path, t) -> None:
+        if isinstance(t, QuantTensor) and t.meta.get("quant_stats") is not None:
+            return  # re-quantised by round-to-nearest: no exact value to compare with
         if "g" not in cache:
             cache["g"] = parse(path)
             cache["raw"] = np.memmap(path, dtype=np.uint8, mode="r")
         rec = cache["g"].tensor(t.name)
         qt = Q(rec.type_id)
+        if isinstance(t, FloatTensor) and qt not in (Q.F16, Q.F32):
+            return  # the reader dequantises these with gguf.quants.dequantize itself: comparing would be circular
         block, size = gguf.GGML_QUANT_SIZES[qt]
         rows = rec.n_elements // rec.ne[0]
         raw = np.asarray(cache["raw"][rec.offset:rec.offset + rows * rec.ne[0] // block * size])

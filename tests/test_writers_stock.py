@@ -245,3 +245,115 @@ def test_a_scale_beyond_float16_is_a_clear_error() -> None:
     with pytest.raises(TmacError) as exc:
         encode(t, "q4_0")
     assert exc.value.rule == "block constants fit float16" and exc.value.tensor == t.name
+
+
+# ------------------------------------------------------------------------------ through convert()
+
+
+def _kv_and_types(path: Path) -> tuple[dict, dict[str, str]]:
+    r = gguf.GGUFReader(path)
+    return ({k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")},
+            {t.name: t.tensor_type.name for t in r.tensors})
+
+
+def test_convert_writes_the_same_file_with_stock_projections(tmp_path: Path) -> None:
+    from tmac_convert.convert import convert
+
+    tmac = convert(FIXTURES / "gptq_v1_sym_4bit", tmp_path / "t.gguf", threads=1)
+    stock = convert(FIXTURES / "gptq_v1_sym_4bit", tmp_path / "s.gguf", out_type="q4_0", threads=1)
+    kv_t, types_t = _kv_and_types(tmp_path / "t.gguf")
+    kv_s, types_s = _kv_and_types(tmp_path / "s.gguf")
+    assert list(types_s) == list(types_t)  # same tensors, same order
+    assert {n: t for n, t in types_s.items() if t != "Q4_0"} == {n: t for n, t in types_t.items()
+                                                                 if n in types_s and types_s[n] != "Q4_0"}
+    assert sum(t == "Q4_0" for t in types_s.values()) == 14
+    # the metadata is the T-MAC file's, minus the tmac.* keys and with Q4_0's file type
+    assert {k: v for k, v in kv_t.items() if not k.startswith("tmac.") and k != "general.file_type"} == \
+           {k: v for k, v in kv_s.items() if k != "general.file_type"}
+    assert kv_s["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    assert not (tmp_path / "s.kcfg.ini").exists() and (tmp_path / "t.kcfg.ini").exists()
+    assert {t.type for t in stock.tensors} == {"Q4_0", "F16", "F32"} and stock.runtime == "stock llama.cpp"
+    assert all(t.nmse == 0 for t in stock.tensors if t.type == "Q4_0") and tmac.kcfg_out
+
+
+def test_convert_of_a_gguf_source_keeps_its_bytes(tmp_path: Path) -> None:
+    from tmac_convert.convert import convert
+
+    src = FIXTURES / "gguf_tq2_0" / "model.gguf"
+    convert(src, tmp_path / "o.gguf", out_type="tq2_0", threads=1)
+    before = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(src).tensors}
+    after = {t.name: (t.tensor_type.name, np.asarray(t.data)) for t in gguf.GGUFReader(tmp_path / "o.gguf").tensors}
+    proj = [n for n, (ty, _) in after.items() if ty == "TQ2_0"]
+    assert len(proj) == 14
+    for n in proj:
+        np.testing.assert_array_equal(after[n][1], before[n])
+
+
+@pytest.mark.parametrize("kw, rule", [
+    ({"out_type": "q4_0", "bits": 4}, "options apply to the output type"),
+    ({"out_type": "q4_0", "preset": "x"}, "options apply to the output type"),
+    ({"allow_lossy": True}, "options apply to the output type"),
+    ({"out_type": "q4_0", "format": "npz"}, "stock types are GGUF"),
+    ({"out_type": "q8_0"}, "output type"),
+])
+def test_convert_refuses_options_that_do_not_apply(tmp_path: Path, kw: dict, rule: str) -> None:
+    from tmac_convert.convert import convert
+
+    with pytest.raises(TmacError) as exc:
+        convert(FIXTURES / "gptq_v1_sym_4bit", tmp_path / "o.gguf", threads=1, **kw)
+    assert exc.value.rule == rule
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_ternary_codes_refused_while_writing_leave_no_file(tmp_path: Path) -> None:
+    """A symmetric 2-bit GPTQ checkpoint looks ternary-compatible to the plan (2-bit, no zeros, group 256)
+    but holds code 0 (= -2 s): the conversion stops with nothing written; --allow-lossy re-quantises."""
+    from tests.test_readers_gptq import write_gptq
+    from tmac_convert.convert import convert
+
+    src = write_gptq(tmp_path / "src", bits=2, group_size=256, sym=True)
+    out = tmp_path / "out" / "o.gguf"
+    out.parent.mkdir()
+    with pytest.raises(TmacError) as exc:
+        convert(src, out, out_type="tq2_0", threads=1)
+    assert exc.value.rule == "exact stock type" and "not ternary" in str(exc.value)
+    assert not list(out.parent.iterdir())
+    rep = convert(src, out, out_type="tq2_0", allow_lossy=True, threads=1)
+    assert all(t.nmse > 0 for t in rep.tensors if t.type == "TQ2_0")
+
+
+@pytest.mark.parametrize("encoding, make", [
+    ("q4_0", lambda rng: gptq_like(rng, m0=24, k=256, bits=4, group=64, zeros=False)),
+    ("q4_1", lambda rng: gptq_like(rng, m0=24, k=256, bits=3, group=128, zeros=True)),
+    ("tq2_0", lambda rng: ternary(rng, 24, 512)),
+    ("f16:dequant", lambda rng: gptq_like(rng, m0=24, k=256, bits=2, group=32, zeros=True)),
+    ("q4_0:lossy", lambda rng: gptq_like(rng, m0=24, k=256, bits=4, group=32, zeros=True)),
+])
+def test_row_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch, encoding: str, make) -> None:
+    """Big tensors are encoded and checked in row chunks (bounded memory): same bytes, same figures."""
+    import tmac_convert.writers.stock as stock
+
+    t = make(np.random.default_rng(11))
+    whole, e = encode(t, encoding)
+    r_whole = get_encoding(encoding).check(t, whole, e)
+    monkeypatch.setattr(stock, "CHUNK_VALUES", 5 * t.shape[1])  # 5 rows at a time, a ragged last chunk
+    chunked, _ = encode(t, encoding)
+    np.testing.assert_array_equal(chunked.view(np.uint8), whole.view(np.uint8))
+    r = get_encoding(encoding).check(t, chunked, e)
+    assert r.max_abs_err == r_whole.max_abs_err and r.nmse == pytest.approx(r_whole.nmse, rel=1e-12, abs=1e-30)
+
+
+def test_float_source_passes_through_for_f16_and_is_requantised_only_when_allowed(tmp_path: Path) -> None:
+    from tmac_convert.convert import convert
+
+    src = FIXTURES / "llama_f16"
+    assert not any(isinstance(t, QuantTensor) for t in read(src, quantize=False).tensors())
+    rep = convert(src, tmp_path / "f.gguf", out_type="f16", threads=1)
+    st_w = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(tmp_path / "f.gguf").tensors}
+    assert {t.type for t in rep.tensors} == {"F16", "F32"} and len(st_w) == len(rep.tensors)
+    with pytest.raises(TmacError) as exc:
+        convert(src, tmp_path / "q.gguf", out_type="q4_0", threads=1)
+    assert exc.value.rule == "exact stock type" and "float weights" in str(exc.value)
+    rep = convert(src, tmp_path / "q.gguf", out_type="q4_0", allow_lossy=True, threads=1)
+    q = [t for t in rep.tensors if t.type == "Q4_0"]
+    assert len(q) == 14 and all(0 < t.nmse < 2e-2 for t in q)

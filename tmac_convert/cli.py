@@ -1,6 +1,7 @@
 """Command line: a thin typer layer over the library.
 
     tmac-convert SOURCE [--bits 2 --group 128 --zero-point] [--out F] [--format gguf|npz] ...
+    tmac-convert SOURCE --type q4_0|q4_1|tq1_0|tq2_0|f16|f32 [--allow-lossy]   (stock llama.cpp types)
     tmac-convert inspect FILE [--json]
     tmac-convert verify FILE [--source SRC] [--json]
     tmac-convert tune SOURCE [--out kcfg.ini]

@@ -45,7 +45,7 @@ weights; an exact encoding whose error exceeds the float16-rounding bound raises
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import gguf
 import numpy as np
@@ -96,11 +96,38 @@ class StockCheck:
         return asdict(self)
 
 
+#: float64 values handled at once: tensors are encoded and checked in row chunks of about this many
+#: weights, so the working memory is a few times 32 MB whatever the tensor's size.
+CHUNK_VALUES = 1 << 22
+
+
 def _weights(tensor: Tensor) -> np.ndarray:
     """The source's float64 weights ``[M0, K]``."""
     if isinstance(tensor, QuantTensor):
         return tensor.dequantize(np.float64)
     return np.asarray(tensor.data, dtype=np.float64)
+
+
+def _row_chunks(tensor: Tensor) -> list[tuple[slice, Tensor]]:
+    """``(rows, the tensor restricted to those rows)`` in chunks of about :data:`CHUNK_VALUES` weights."""
+    if isinstance(tensor, QuantTensor):
+        m0, k = tensor.shape
+    else:
+        m0, k = np.shape(tensor.data)
+    step = max(1, CHUNK_VALUES // max(k, 1))
+    out: list[tuple[slice, Tensor]] = []
+    for r in range(0, m0, step):
+        sl = slice(r, min(m0, r + step))
+        if sl == slice(0, m0):
+            return [(sl, tensor)]
+        if isinstance(tensor, QuantTensor):
+            t = tensor
+            part: Tensor = QuantTensor(t.name, t.codes[sl], t.scales if t.per_tensor_scale else t.scales[sl],
+                                       None if t.zeros is None else t.zeros[sl], bits=t.bits, group_size=t.group_size)
+        else:
+            part = FloatTensor(tensor.name, np.asarray(tensor.data)[sl])
+        out.append((sl, part))
+    return out
 
 
 def _block_values(a: np.ndarray, group: int, block: int, m0: int, nb: int) -> np.ndarray:
@@ -172,31 +199,38 @@ class StockEncoding(Encoding):
         if k % self.block:
             raise TmacError(f"K = {k} is not a multiple of the {self.type_name} block of {self.block}",
                             tensor=plan.name, rule="block size divides K")
-        w = _weights(tensor)
+        problem = self.exact_problem(tensor) if isinstance(tensor, QuantTensor) else "float weights"
+        if problem is not None and not self.lossy:
+            raise TmacError(f"{self.type_name} cannot hold this tensor exactly ({problem}); "
+                            "--allow-lossy re-quantises it", tensor=plan.name, rule="exact stock type")
+        out = np.empty((m0, k // self.block * self.type_size), dtype=np.uint8)
+        for rows, part in _row_chunks(tensor):
+            out[rows] = self._encode_rows(part, plan, exact=problem is None)
+        return out
+
+    def _encode_rows(self, part: Tensor, plan: TensorPlan, *, exact: bool) -> np.ndarray:
+        """Blocks of some rows: gguf's, or (exact sources) per block the code-preserving one where gguf's
+        is less exact."""
+        w = _weights(part)
+        m0, k = w.shape
         with np.errstate(over="ignore"):  # a constant beyond float16 is reported below, by name
             theirs = gguf.quants.quantize(w.astype(np.float32), self.qtype)
-        problem = self.exact_problem(tensor) if isinstance(tensor, QuantTensor) else "float weights"
-        if problem is not None:
-            if not self.lossy:
-                raise TmacError(f"{self.type_name} cannot hold this tensor exactly ({problem}); "
-                                "--allow-lossy re-quantises it", tensor=plan.name, rule="exact stock type")
+        if not exact:
             if not np.isfinite(gguf.quants.dequantize(theirs, self.qtype)).all():
                 raise TmacError(f"a block constant overflows float16 (largest |weight| {float(np.abs(w).max()):g})",
                                 tensor=plan.name, rule="block constants fit float16")
             return theirs
-        assert isinstance(tensor, QuantTensor)
-        ours = self.code_blocks(tensor, theirs)
+        assert isinstance(part, QuantTensor)
+        ours = self.code_blocks(part, theirs)
         if ours is theirs:
             return theirs
         nb, ts = k // self.block, self.type_size
-        err_theirs = self._block_errors(theirs, w, m0, nb)
-        err_ours = self._block_errors(ours, w, m0, nb)
-        keep = (err_theirs <= err_ours)[..., None]
+        keep = (self._block_errors(theirs, w, nb) <= self._block_errors(ours, w, nb))[..., None]
         return np.where(keep, theirs.reshape(m0, nb, ts), ours.reshape(m0, nb, ts)).reshape(m0, nb * ts)
 
-    def _block_errors(self, blocks: np.ndarray, w: np.ndarray, m0: int, nb: int) -> np.ndarray:
+    def _block_errors(self, blocks: np.ndarray, w: np.ndarray, nb: int) -> np.ndarray:
         got = gguf.quants.dequantize(blocks, self.qtype).astype(np.float64)
-        return np.abs(got - w).reshape(m0, nb, self.block).max(axis=2)
+        return np.abs(got - w).reshape(w.shape[0], nb, self.block).max(axis=2)
 
     def decode(self, data: np.ndarray, plan: TensorPlan) -> FloatTensor:
         m0, k = plan.shape
@@ -205,27 +239,38 @@ class StockEncoding(Encoding):
 
     def check(self, tensor: Tensor, data: np.ndarray, plan: TensorPlan) -> StockCheck:
         """Decode ``data`` with gguf and compare with the source (raises when an exact encoding is not)."""
-        return _check(self.decode(data, plan).data, tensor, plan, self.type_name,
+        raw = np.ascontiguousarray(data, dtype=np.uint8).reshape(plan.shape[0], -1)
+        return _check(lambda rows: gguf.quants.dequantize(raw[rows], self.qtype), tensor, plan, self.type_name,
                       None if self._is_lossy(tensor) else self.bound(tensor))
 
     def _is_lossy(self, tensor: Tensor) -> bool:
         return not isinstance(tensor, QuantTensor) or self.exact_problem(tensor) is not None
 
 
-def _check(decoded: np.ndarray, tensor: Tensor, plan: TensorPlan, type_name: str, bound: float | None) -> StockCheck:
-    w = _weights(tensor)
-    d = decoded.astype(np.float64) - w
-    energy = float(np.sum(w * w))
-    nmse = float(np.sum(d * d) / energy) if energy > 0 else float(np.sum(d * d) > 0)
-    err = float(np.abs(d).max()) if d.size else 0.0
-    res = StockCheck(plan.name, type_name, nmse, err, float(np.abs(w).max()) if w.size else 0.0,
-                     exact=bound is not None, bound=bound)
+def _check(decoded: Callable[[slice], np.ndarray], tensor: Tensor, plan: TensorPlan, type_name: str,
+           bound: float | None) -> StockCheck:
+    """Compare ``decoded(rows)`` (the written values of those rows) with the source, chunk by chunk."""
+    err2 = energy = err = top = 0.0
+    for rows, part in _row_chunks(tensor):
+        w = _weights(part)
+        d = decoded(rows).astype(np.float64).reshape(w.shape) - w
+        err2 += float(np.sum(d * d))
+        energy += float(np.sum(w * w))
+        if d.size:
+            err = max(err, float(np.abs(d).max()))
+            top = max(top, float(np.abs(w).max()))
+    nmse = err2 / energy if energy > 0 else float(err2 > 0)
+    res = StockCheck(plan.name, type_name, nmse, err, top, exact=bound is not None, bound=bound)
     if bound is not None and not err <= bound:
         res.ok = False
         raise VerificationError(f"the {type_name} tensor differs from the source by {err:.3g}, more than float16 "
                                 f"rounding of its block constants allows ({bound:.3g})", tensor=plan.name,
                                 rule="exact stock type within float16 rounding")
     return res
+
+
+def _max_abs_weight(tensor: Tensor) -> float:
+    return max((float(np.abs(_weights(p)).max(initial=0.0)) for _, p in _row_chunks(tensor)), default=0.0)
 
 
 def _scale_bound(t: QuantTensor, extra: np.ndarray | float = 0.0) -> float:
@@ -241,7 +286,7 @@ def _scale_bound(t: QuantTensor, extra: np.ndarray | float = 0.0) -> float:
 
 
 class _Q4(StockEncoding):
-    block_size: ClassVar[int] = 32
+    """Blocks of 32 along K: the source's groups must be whole numbers of blocks."""
 
     def _group(self, t: QuantTensor) -> int:
         return t.shape[1] if t.per_tensor_scale else t.group_size
@@ -352,6 +397,9 @@ class TQ1_0Encoding(_TQ, name="tq1_0"):
     stock = "tq1_0"
 
 
+# The ``:lossy`` variants (planned only with ``allow_lossy``) keep the codes where they can and re-quantise
+# with gguf where they cannot; check() reports their error instead of bounding it.
+
 class Q4_0Lossy(Q4_0Encoding, name="q4_0:lossy"):
     lossy = True
 
@@ -378,16 +426,22 @@ class _Dequant(_FloatEncoding):
         return self.ggml.name
 
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
-        if isinstance(tensor, QuantTensor):
-            tensor = FloatTensor(plan.name, tensor.dequantize(np.float64))
-        return super().encode(tensor, plan)
+        if not isinstance(tensor, QuantTensor):
+            return super().encode(tensor, plan)
+        if tensor.shape != tuple(plan.shape):
+            raise TmacError(f"shape {tensor.shape} differs from the planned {tuple(plan.shape)}", tensor=plan.name,
+                            rule="tensor shape matches plan")
+        out = np.empty(tensor.shape, dtype=self.dtype)
+        for rows, part in _row_chunks(tensor):
+            out[rows] = super().encode(FloatTensor(plan.name, part.dequantize(np.float64)),
+                                       TensorPlan(plan.name, plan.encoding, part.shape))
+        return out
 
     def check(self, tensor: Tensor, data: np.ndarray, plan: TensorPlan) -> StockCheck:
         got = self.decode(data, plan).data
-        w = np.abs(_weights(tensor))
         eps = F16_EPS if self.dtype.itemsize == 2 else F32_EPS
-        top = float(w.max()) if w.size else 0.0
-        return _check(got, tensor, plan, self.type_name, eps * top + F16_TINY)
+        top = _max_abs_weight(tensor)
+        return _check(lambda rows: got[rows], tensor, plan, self.type_name, eps * top + F16_TINY)
 
 
 class DequantF16Encoding(_Dequant, name="f16:dequant"):
@@ -499,10 +553,3 @@ def _listing(items: list[str], limit: int = 4) -> str:
     shown = "; ".join(items[:limit])
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
-
-def is_stock_encoding(name: str) -> bool:
-    """True for the encodings of this module (they take quantised and float tensors and have ``check``)."""
-    from .encodings import Encoding as _E
-
-    cls = _E.registry.get(name)
-    return cls is not None and issubclass(cls, (StockEncoding, _Dequant))
