@@ -5,7 +5,7 @@ byte, or the complete new output (byte-identical to an unkilled run: conversions
 after SIGINT and SIGTERM no temporary file is left either (SIGKILL cannot be cleaned up after: only
 the converter's own ``.<name>.*.part`` files may remain, never anything at the final path).
 
-The source is a synthetic float Llama (hidden 384, 3 layers, 8 MB) quantised to 2 bits on the fly,
+The source is a synthetic float Llama (hidden 256, 3 layers, 5 MB) quantised to 2 bits on the fly,
 so a conversion takes a few hundred milliseconds: long enough to be killed while writing.  To spend
 the test's time on conversions rather than on interpreter start-up, most processes are forked from a
 "zygote" that has already imported tmac_convert; each child then runs the CLI's ``main`` with its own
@@ -69,7 +69,7 @@ for line in jobs:
 """
 
 
-def make_source(d: Path, hidden: int = 384, inter: int = 768, layers: int = 3, heads: int = 6, kv: int = 3,
+def make_source(d: Path, hidden: int = 256, inter: int = 768, layers: int = 3, heads: int = 4, kv: int = 2,
                 seed: int = 0) -> Path:
     """A float16 Llama folder (config, safetensors, the fixtures' tokenizer) for the hf-float reader."""
     from safetensors.numpy import save_file

@@ -24,7 +24,7 @@ from . import _fuzz as F
 
 FILE = __name__
 CI_EXAMPLES = 100
-FLOOR = 90
+FLOOR = 100
 HF = ["gptq_v2_asym_2bit", "gptq_1bit", "bitnet_packed", "bitnet_float", "llama_f16"]
 GGUF = ["gguf_q4_0", "gguf_tq2_0"]
 TOKENIZER_KEYS = ("model", "vocab", "merges", "pre_tokenizer", "added_tokens", "type", "byte_fallback",

@@ -33,8 +33,8 @@ from . import _fuzz as F
 
 FILE = __name__
 VARIANTS = ["gguf_q4_0", "gguf_q4_1", "gguf_tq1_0", "gguf_tq2_0", "gguf_f16"]
-CI_EXAMPLES = {"bytes": 200, "fields": 200, "semantic": 150, "full": 15}
-FLOOR = 530
+CI_EXAMPLES = {"bytes": 250, "fields": 200, "semantic": 100, "full": 10}
+FLOOR = 555
 Q = gguf.GGMLQuantizationType
 
 
