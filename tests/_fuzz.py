@@ -5,7 +5,12 @@ own :class:`~tmac_convert.errors.TmacError` -- never another exception, never a 
 (each input runs under an address-space limit), never a hang (each input runs under a timer).
 
 CI runs a fixed, derandomised number of inputs per test (see :func:`fuzz_settings`); set
-``TMAC_FUZZ_EXAMPLES=N`` for a longer, randomised run with ``N`` inputs per test.
+``TMAC_FUZZ_EXAMPLES=N`` for a longer, randomised run with ``N`` inputs per test, and
+``TMAC_FUZZ_COLLECT=<folder>`` to record every distinct unexpected exception there (signature, message,
+traceback tail and the first input that raised it) instead of stopping at the first.
+
+Bugs found in modules other helpers are still writing are registered in :data:`KNOWN_BUGS` (each with a
+strict-xfail reproducer in ``test_fuzz_regressions.py``), so the fuzzers keep hunting for new ones.
 """
 
 from __future__ import annotations

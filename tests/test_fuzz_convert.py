@@ -10,6 +10,7 @@ GGUF header fields and metadata).  After a failure the output folder must be emp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -115,5 +116,7 @@ def test_this_file_ran_its_mutated_input_budget(request):
     ran = {i.name for i in request.session.items if i.module.__name__ == FILE}
     if "test_a_mutated_source_converts_and_verifies_or_fails_leaving_nothing" not in ran:
         pytest.skip("only part of this file ran")
-    floor = FLOOR if not F.os.environ.get(F.FUZZ_ENV) else F.n_examples(1)
+    floor = FLOOR if not os.environ.get(F.FUZZ_ENV) else F.n_examples(1)
+    print(f"\n{FILE}: {F.COUNTS[FILE]} mutated inputs (floor {floor}); registered in-progress bugs met: "
+          f"{dict(F.KNOWN_SEEN) or 'none'}")
     assert F.COUNTS[FILE] >= floor, F.COUNTS

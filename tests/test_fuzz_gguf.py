@@ -17,6 +17,7 @@ Property: :func:`tmac_convert.read` gives a self-consistent model whose exactly 
 
 from __future__ import annotations
 
+import os
 import struct
 
 import gguf
@@ -220,5 +221,7 @@ def test_this_file_ran_its_mutated_input_budget(request):
     ran = {i.name for i in request.session.items if i.module.__name__ == FILE}
     if not all(n in ran for n in tests):
         pytest.skip("only part of this file ran")
-    floor = FLOOR if not F.os.environ.get(F.FUZZ_ENV) else len(tests) * F.n_examples(1)
+    floor = FLOOR if not os.environ.get(F.FUZZ_ENV) else len(tests) * F.n_examples(1)
+    print(f"\n{FILE}: {F.COUNTS[FILE]} mutated inputs (floor {floor}); registered in-progress bugs met: "
+          f"{dict(F.KNOWN_SEEN) or 'none'}")
     assert F.COUNTS[FILE] >= floor, F.COUNTS

@@ -9,15 +9,12 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import struct
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import tmac_convert

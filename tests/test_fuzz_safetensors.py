@@ -11,6 +11,7 @@ TmacError, never another exception, a huge allocation or a hang.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given
@@ -107,5 +108,7 @@ def test_this_file_ran_its_mutated_input_budget(request):
                                   "test_edited_safetensors_headers_give_a_model_or_a_tmac_error",
                                   "test_edited_json_configs_give_a_model_or_a_tmac_error")):
         pytest.skip("only part of this file ran")
-    floor = FLOOR if not F.os.environ.get(F.FUZZ_ENV) else 3 * F.n_examples(1)
+    floor = FLOOR if not os.environ.get(F.FUZZ_ENV) else 3 * F.n_examples(1)
+    print(f"\n{FILE}: {F.COUNTS[FILE]} mutated inputs (floor {floor}); registered in-progress bugs met: "
+          f"{dict(F.KNOWN_SEEN) or 'none'}")
     assert F.COUNTS[FILE] >= floor, F.COUNTS

@@ -27,7 +27,7 @@ from tmac_convert.gguf_tmac import parse
 from tmac_convert.layouts import default_tiles
 from tmac_convert.layouts.format_a import pack_weights_numpy
 from tmac_convert.readers.quantize import quantize_rtn
-from tmac_convert.verify import verify_tensor
+from tmac_convert.verify import check, verify_tensor
 
 from .conftest import layout_native
 
@@ -162,7 +162,7 @@ def test_scales_near_the_float32_maximum_fail_verification_instead_of_passing_si
                       act_group_size=64)
     assert not r.ok and r.nmse == float("inf")
     with pytest.raises(VerificationError, match="NMSE inf"):
-        tmac_convert.verify.check(r)
+        check(r)
 
 
 # ---------------------------------------------------------------------------------------------
