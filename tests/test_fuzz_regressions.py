@@ -265,13 +265,16 @@ TOKENIZER_CASES = {
                                      lambda o: json.dumps(o).replace('"BPE"', "[" * 5000 + "]" * 5000, 1)),
     "a vocabulary id far out of range": ("tokenizer.json",
                                          lambda o: o["model"]["vocab"].__setitem__("ck", 2**63)),
+    "a merge that is not a string": ("tokenizer.json", lambda o: o["model"]["merges"].__setitem__(6, {"a": 1})),
 }
 
 
 @XF(strict=True, reason="writers/gguf_meta.py load_tokenizer (in progress): hostile tokenizer files escape as "
     "AttributeError (tokenizer_config.json not an object; raised inside gguf.SpecialVocab), TypeError "
     "(added_tokens null), RecursionError (json.loads of a deeply nested tokenizer.json) or KeyError (a vocab id "
-    "far beyond the vocabulary, inside gguf.vocab.BpeVocab) instead of TmacError")
+    "far beyond the vocabulary, inside gguf.vocab.BpeVocab) instead of TmacError; a merge that is not a string "
+    "gets through and fails later in writers/gguf_writer.py open() (ValueError 'Unknown type' from "
+    "gguf.GGUFWriter.write_kv_data_to_file)")
 @pytest.mark.parametrize("case", list(TOKENIZER_CASES))
 def test_hostile_tokenizer_files_are_tmac_errors(tmp_path, case):
     file, edit = TOKENIZER_CASES[case]
