@@ -38,14 +38,7 @@ AVX2 void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_gr
         return;
     }
     /* Biases and scales: scalar and sequential (the bias order is part of the result). */
-    for (int64_t g = 0; g < k / bias_group; ++g) {
-        float b = 0.0f;
-        for (int64_t j = g * bias_group / 4; j < (g + 1) * bias_group / 4; ++j) {
-            const float *q = x + 4 * j;
-            b = b - (((q[0] + q[1]) + q[2]) + q[3]);
-        }
-        lbias[g] = b;
-    }
+    lut_biases(x, k, bias_group, lbias);
     /* Signs of x1, x2, x3 in the 8 odd entries c = 2c'+1: minus where bit t-1 of c' is clear. */
     const __m256 neg1 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0));
     const __m256 neg2 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN, 0, 0));

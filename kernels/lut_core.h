@@ -18,6 +18,19 @@
 #include <stdint.h>
 
 enum { LUT_INT8 = 0, LUT_FLOAT = 1 };
+
+/* LUT biases: bias = sum_j LUT_j[0] = -sum x, one per sub-group of bias_group activations, summed
+ * sequentially in table order (that order is part of the result, so every path shares this loop). */
+static inline void lut_biases(const float *x, int64_t k, int64_t bias_group, float *lbias) {
+    for (int64_t g = 0; g < k / bias_group; ++g) {
+        float b = 0.0f;
+        for (int64_t j = g * bias_group / 4; j < (g + 1) * bias_group / 4; ++j) {
+            const float *q = x + 4 * j;
+            b = b - (((q[0] + q[1]) + q[2]) + q[3]);
+        }
+        lbias[g] = b;
+    }
+}
 enum { PATH_AUTO = 0, PATH_SCALAR = 1, PATH_AVX2 = 2, PATH_NEON = 3 };
 
 /* One kernel problem, checked by the caller (tmac_convert/kernels/spec.py and lut.c). */

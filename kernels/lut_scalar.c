@@ -28,15 +28,7 @@ static inline int8_t quantise(float v, float r) {
 
 void lut_build_scalar(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
                       float *lscale, float *lbias) {
-    /* bias = sum_j LUT_j[0] = -sum x, one per sub-group of bias_group activations, in table order */
-    for (int64_t g = 0; g < k / bias_group; ++g) {
-        float b = 0.0f;
-        for (int64_t j = g * bias_group / 4; j < (g + 1) * bias_group / 4; ++j) {
-            const float *q = x + 4 * j;
-            b = b - (((q[0] + q[1]) + q[2]) + q[3]);
-        }
-        lbias[g] = b;
-    }
+    lut_biases(x, k, bias_group, lbias);
     for (int64_t g = 0; g < k / ags; ++g) {
         const int64_t j0 = g * ags / 4, j1 = (g + 1) * ags / 4;
         if (mode == LUT_FLOAT) {

@@ -245,11 +245,6 @@ def test_random_kills_leave_nothing_or_the_previous_or_the_complete_output(setup
     assert during_write >= 15, (during_write, outcomes)
 
 
-@pytest.mark.xfail(strict=True, reason="writers/atomic.py (in progress): with --force the output and its "
-                   "<stem>.kcfg.ini are renamed over the previous pair one after the other, so an interrupt "
-                   "(SIGINT/SIGTERM) landing between the two renames leaves the new GGUF beside the previous "
-                   "kcfg.ini; e.g. block SIGINT/SIGTERM around the renames (signal.pthread_sigmask) so that the "
-                   "pair is replaced as a whole (SIGKILL keeps a microsecond window either way)")
 def test_an_interrupt_between_the_two_renames_leaves_a_consistent_pair(tmp_path, monkeypatch):
     from tmac_convert.convert import convert
     from tmac_convert.writers import atomic

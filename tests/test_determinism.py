@@ -63,7 +63,7 @@ class _Clock:
 
 @pytest.mark.parametrize("src,fmt,opts", CASES, ids=[f"{c[0].split('/')[0]}-{c[1]}" for c in CASES])
 def test_output_is_byte_identical_for_every_thread_count_and_run(tmp_path, monkeypatch, src, fmt, opts):
-    # zip member dates follow the clock (see the xfail below): frozen here so only threads and runs vary
+    # the clock is frozen here so only threads and runs vary (the clock itself: see the test below)
     monkeypatch.setattr(zipfile, "time", _Clock(None))
     first = _convert(tmp_path, "run0", src, fmt, opts, 1)
     assert any(n.endswith(fmt) for n in first)
@@ -108,10 +108,6 @@ def test_pack_splits_large_tensors_over_threads_without_changing_a_byte(bits, m0
         assert np.array_equal(b, blobs[0])
 
 
-@pytest.mark.xfail(strict=True, reason="npz_writer (in progress): zip members carry the wall-clock time of the "
-                   "conversion (ZipFile.open(name, 'w') / writestr date_time) and the tokenizer files' mtimes "
-                   "(ZipFile.write), so the same conversion an hour later gives different bytes; fix: write "
-                   "every member with a fixed ZipInfo date_time (e.g. 1980-01-01)")
 def test_npz_output_does_not_depend_on_the_clock_or_file_dates(tmp_path, monkeypatch):
     first = _convert(tmp_path, "now", "gptq_v2_asym_2bit", "npz", {}, 2)
     monkeypatch.setattr(zipfile, "time", _Clock(86400.0))

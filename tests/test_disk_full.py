@@ -8,8 +8,8 @@ Three ways to run out of space, from the most real to the always-available:
 2. ``RLIMIT_FSIZE`` on a CLI subprocess (``EFBIG`` in the middle of the output);
 3. the writers' own writes, fsync and the kcfg write made to fail with ``ENOSPC`` in this process.
 
-The "no output" half passes today; the "clear error" half (a TmacError naming the output and the rule,
-not the CLI's "unexpected OSError" line) is a strict xfail until convert/writers translate OSError.
+Each must leave no output and no temporary file, and be a TmacError naming the output and the rule
+(``free disk space``), not the CLI's "unexpected OSError" line.
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures"
 SRC = FIX / "gptq_v2_asym_2bit"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
 ENV.pop("TMAC_CONVERT_TRACEBACK", None)
-NO_TMAC_ERROR = pytest.mark.xfail(
-    strict=True, reason="convert/writers (in progress): an OSError from writing the output (ENOSPC, EFBIG) "
-    "escapes as a raw OSError -- the CLI prints 'unexpected OSError: ... (set TMAC_CONVERT_TRACEBACK=1 ...)' -- "
-    "instead of a TmacError naming the output file and a rule such as 'free disk space'")
 
 
 @pytest.fixture
@@ -103,7 +99,6 @@ def test_a_disk_filling_up_midway_leaves_no_output_and_no_temporary_file(tmpfs, 
     assert sorted(p.name for p in d.iterdir()) == ["filler"]
 
 
-@NO_TMAC_ERROR
 @pytest.mark.parametrize("fmt", ["gguf", "npz"])
 def test_a_disk_filling_up_midway_is_a_tmac_error_naming_the_output(tmpfs, fmt):
     d = tmpfs(24 << 20)
@@ -129,7 +124,6 @@ def test_a_file_size_limit_midway_exits_2_and_leaves_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@NO_TMAC_ERROR
 def test_a_file_size_limit_midway_is_reported_as_a_clear_error(tmp_path):
     r = _cli_with_file_size_limit(tmp_path, 256 << 10)
     assert "unexpected" not in r.stderr and "model.gguf" in r.stderr, r.stderr
@@ -183,7 +177,6 @@ def test_enospc_at_any_step_keeps_a_previous_output_untouched(tmp_path, monkeypa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@NO_TMAC_ERROR
 @pytest.mark.parametrize("where,fmt", CASES)
 def test_enospc_at_any_step_is_a_tmac_error(tmp_path, monkeypatch, where, fmt):
     _patch_failure(monkeypatch, where, fmt)

@@ -177,7 +177,7 @@ def test_kcfg_text_that_is_not_a_string_is_a_tmac_error(text):
 
 
 # =============================================================================================
-# in progress elsewhere: strict xfails, one per registered bug (see _fuzz.KNOWN_BUGS)
+# found by fuzzing in modules then in progress (once strict xfails registered in _fuzz.KNOWN_BUGS; now fixed)
 
 def _npz(tmp: Path) -> Path:
     out = tmp / "m.npz"
@@ -213,9 +213,6 @@ def _corrupt_crc(src: Path, dst: Path, member: str) -> None:
     dst.write_bytes(bytes(raw))
 
 
-XF = pytest.mark.xfail
-
-
 def test_a_corrupt_npz_member_is_a_tmac_error(tmp_path):
     bad = tmp_path / "bad.npz"
     _corrupt_crc(_npz(tmp_path), bad, "blk.0.attn_q.weight.npy")
@@ -223,8 +220,6 @@ def test_a_corrupt_npz_member_is_a_tmac_error(tmp_path):
         list(tmac_convert.read(bad).tensors())
 
 
-@XF(strict=True, reason="readers/tmac_file.py (in progress) _infer_runtime: a tmac.runtime key that is not a "
-    "string (e.g. a UINT32 array) raises TypeError 'unhashable type: numpy.ndarray' instead of a TmacError")
 def test_a_non_string_tmac_runtime_is_a_tmac_error(tmp_path):
     from tmac_convert.gguf_tmac import KV
 
@@ -269,12 +264,6 @@ TOKENIZER_CASES = {
 }
 
 
-@XF(strict=True, reason="writers/gguf_meta.py load_tokenizer (in progress): hostile tokenizer files escape as "
-    "AttributeError (tokenizer_config.json not an object; raised inside gguf.SpecialVocab), TypeError "
-    "(added_tokens null), RecursionError (json.loads of a deeply nested tokenizer.json) or KeyError (a vocab id "
-    "far beyond the vocabulary, inside gguf.vocab.BpeVocab) instead of TmacError; a merge that is not a string "
-    "gets through and fails later in writers/gguf_writer.py open() (ValueError 'Unknown type' from "
-    "gguf.GGUFWriter.write_kv_data_to_file)")
 @pytest.mark.parametrize("case", list(TOKENIZER_CASES))
 def test_hostile_tokenizer_files_are_tmac_errors(tmp_path, case):
     file, edit = TOKENIZER_CASES[case]
@@ -288,9 +277,6 @@ HPARAM_CASES = {"rms_norm_eps": [1], "rope_scaling": [1], "rope_theta": "abc", "
                 "layer_norm_eps": {"a": 1}}
 
 
-@XF(strict=True, reason="writers/gguf_meta.py add_hparams (in progress): config hyper-parameters of the wrong type "
-    "escape as TypeError (float([1])), AttributeError (rope_scaling a list: .get), ValueError (float('abc')) or "
-    "OverflowError (int(inf)) instead of a TmacError naming config.json and the key")
 @pytest.mark.parametrize("key", list(HPARAM_CASES))
 def test_hostile_hyperparameters_are_tmac_errors(tmp_path, key):
     d = _copy(tmp_path, "gptq_3bit")
@@ -299,9 +285,6 @@ def test_hostile_hyperparameters_are_tmac_errors(tmp_path, key):
         convert(d, tmp_path / "o.gguf", verify=False)
 
 
-@XF(strict=True, reason="cli.py inspect_cmd (in progress): metadata values and tensor names are printed as rich "
-    "markup -- a value '[/]' raises rich.errors.MarkupError ('unexpected MarkupError', exit 2) and '[bold]'/"
-    "'[link=...]' are interpreted; print them with markup disabled (rich.markup.escape or Text)")
 def test_inspect_prints_hostile_metadata_as_text(tmp_path):
     out = tmp_path / "m.gguf"
     convert(FIX / "gptq_3bit", out, verify=False)
@@ -312,9 +295,6 @@ def test_inspect_prints_hostile_metadata_as_text(tmp_path):
     assert code == 0 and "[/]" in stdout, err[-500:]
 
 
-@XF(strict=True, reason="writers/npz_writer.py (in progress): tensor names are used as zip member names unchecked, "
-    "so a GGUF source tensor named '../../../evil/x.weight' gives an npz member '../../../evil/x.weight.npy' "
-    "(zip-slip for any tool that extracts the file); refuse names with '/', '\\\\' or '..' parts, or encode them")
 def test_hostile_tensor_names_cannot_become_zip_paths_outside_the_archive(tmp_path):
     im = F.GGUFImage.load(FIX / "gguf_q4_0" / "model.gguf")
     next(t for t in im.tensors if t.name == "output_norm.weight").name = "../../../evil/output_norm.weight"

@@ -133,7 +133,7 @@ def _progress_bar(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    prog = Progress(TextColumn("{task.description:<32}"), BarColumn(),
+    prog = Progress(TextColumn("{task.description:<32}", markup=False), BarColumn(),
                     TextColumn("{task.fields[done]}/{task.fields[count]} tensors"), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=Console(stderr=True), transient=True)
     state: dict[str, Any] = {}
@@ -150,15 +150,16 @@ def _progress_bar(enabled: bool):
 def _summary(report) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     con = Console()
-    t = Table(title=f"{report.source} -> {report.out}", show_footer=True)
+    t = Table(title=Text(f"{report.source} -> {report.out}"), show_footer=True)
     t.add_column("type", footer="total")
     t.add_column("tensors", justify="right", footer=str(len(report.tensors)))
     t.add_column("source", justify="right", footer=_fmt_bytes(report.src_nbytes))
     t.add_column("output", justify="right", footer=_fmt_bytes(report.out_nbytes))
     for typ, d in sorted(report.by_type().items()):
-        t.add_row(typ, str(d["tensors"]), _fmt_bytes(d["src_nbytes"]), _fmt_bytes(d["out_nbytes"]))
+        t.add_row(Text(str(typ)), str(d["tensors"]), _fmt_bytes(d["src_nbytes"]), _fmt_bytes(d["out_nbytes"]))
     con.print(t)
     worst = report.worst
     lines = [f"compression vs float16: {report.compression:.2f}x ({_fmt_bytes(report.f16_nbytes)} -> "
@@ -243,6 +244,7 @@ def inspect_cmd(
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text  # file contents are shown as text, never as rich markup
 
         con = Console()
         rt = d.get("runtime")
@@ -258,15 +260,16 @@ def inspect_cmd(
         for k, v in d["metadata"].items():
             if k == "tmac.kcfg" and d.get("tmac"):
                 v = f"<kcfg.ini: {d['tmac']['kcfg'].count('[qgemm_lut')} sections; see --json>"
-            meta.add_row(k, str(v))
+            meta.add_row(Text(str(k)), Text(str(v)))
         con.print(meta)
         t = Table(title=f"{len(d['tensors'])} tensors")
         for col in ("name", "type", "gguf pkg says", "shape", "bytes", "offset", "bm", "kfactor"):
             t.add_column(col, justify="right" if col in ("bytes", "offset", "bm", "kfactor") else "left")
         for x in d["tensors"]:
-            t.add_row(x["name"], x["type"], x.get("gguf_package_type", x.get("encoding", "")),
-                      "x".join(map(str, x["shape"])), str(x.get("nbytes")), str(x.get("offset", "")),
-                      str(x.get("bm", "")), str(x.get("kfactor", "")))
+            t.add_row(*(Text(str(c)) for c in (
+                x["name"], x["type"], x.get("gguf_package_type", x.get("encoding", "")),
+                "x".join(map(str, x["shape"])), x.get("nbytes"), x.get("offset", ""), x.get("bm", ""),
+                x.get("kfactor", ""))))
         con.print(t)
         for p in d["problems"]:
             con.print(f"problem: {p}", markup=False)

@@ -28,7 +28,7 @@ from .parallel import cpu_count
 from .pipeline import run_pipeline
 from .readers.base import SourceModel, Tensor, TensorInfo
 from .tensor import QuantTensor
-from .writers.atomic import AtomicOutputs
+from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
 from .writers.encodings import TensorPlan, get_encoding
 from .writers.gguf_meta import extra_tensors
@@ -337,8 +337,9 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     total = len(plan.entries)
     bytes_total = plan.total_nbytes
     done_bytes = 0
-    with AtomicOutputs(targets, force=force, needed_bytes=plan.total_nbytes + writer.overhead_bytes()
-                       + len(kcfg_text)) as tmp:
+    with disk_full_as_tmac_error(out_path), \
+            AtomicOutputs(targets, force=force,
+                          needed_bytes=plan.total_nbytes + writer.overhead_bytes() + len(kcfg_text)) as tmp:
         writer.open(tmp[out_path])
         try:
             work = partial(_work, verify=verify, act_group_size=plan.act_group_size)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import LayoutError, TmacError
 from ..layouts.constraints import check_act_group, check_layout
-from ..layouts.format_a import blob_nbytes, weight_nbytes
+from ..layouts.format_a import is_per_tensor_blob, weight_nbytes
 
 LUT_MODES = ("int8", "float")
 
@@ -76,16 +76,7 @@ def resolve(blob: np.ndarray, *, m: int, k: int, bits: int, group_size: int, zer
     if m <= 0 or k <= 0 or group_size <= 0 or k % group_size:
         raise LayoutError(f"group size {group_size} does not divide K = {k} (M0 = {m})", tensor=name,
                           rule="K % group_size == 0")
-    wbytes = weight_nbytes(m, k, bits)
-    grouped = blob_nbytes(m, k, bits, group_size, zero_point)
-    if flat.size == wbytes + 4 and not zero_point:
-        per_tensor = True
-    elif flat.size == grouped:
-        per_tensor = False
-    else:
-        alts = f"{grouped} bytes for group scales" + ("" if zero_point else f" or {wbytes + 4} for a per-tensor scale")
-        raise LayoutError(f"blob is {flat.size} bytes; M0={m}, K={k}, {bits}-bit, group size {group_size}, zero point "
-                          f"{zero_point} needs {alts}", tensor=name, rule="blob length")
+    per_tensor = is_per_tensor_blob(flat.size, m, k, bits, group_size, zero_point, name)
     check_layout(m, k, bits, bm, kfactor, None if per_tensor else group_size, tensor=name)
     ags = k if act_group_size in (-1, None) else int(act_group_size)
     check_act_group(k, kfactor, ags, tensor=name)

@@ -36,6 +36,24 @@ def blob_nbytes(m0: int, k: int, bits: int, group_size: int, zero_point: bool, p
     return weight_nbytes(m0, k, bits) + 4 * scales_count(m0, k, group_size, zero_point, per_tensor)
 
 
+def is_per_tensor_blob(nbytes: int, m0: int, k: int, bits: int, group_size: int, zero_point: bool,
+                       name: str | None = None) -> bool:
+    """Whether a blob of ``nbytes`` bytes carries one per-tensor scale (True) or group scales (False).
+
+    The two are told apart by length only; a per-tensor scale has no zero offset.  Raises
+    :class:`LayoutError` (rule ``blob length``) when ``nbytes`` fits neither.
+    """
+    per_tensor_len = blob_nbytes(m0, k, bits, group_size, False, per_tensor=True)
+    grouped = blob_nbytes(m0, k, bits, group_size, zero_point)
+    if nbytes == per_tensor_len and not zero_point:
+        return True
+    if nbytes == grouped:
+        return False
+    alts = f"{grouped} bytes for group scales" + ("" if zero_point else f" or {per_tensor_len} for a per-tensor scale")
+    raise LayoutError(f"blob is {nbytes} bytes; M0={m0}, K={k}, {bits}-bit, group size {group_size}, "
+                      f"zero point {zero_point} needs {alts}", tensor=name, rule="blob length")
+
+
 # ---------------------------------------------------------------------------------------------
 # weights: numpy reference (the reshape/transpose sequence of section 1.2) and its inverse
 
@@ -218,16 +236,7 @@ def unpack(blob: np.ndarray, *, m: int, k: int, bits: int, group_size: int, zero
     if group_size <= 0 or k % group_size:
         raise LayoutError(f"group size {group_size} does not divide K = {k}", tensor=name, rule="K % group_size == 0")
     wbytes = weight_nbytes(m, k, bits)
-    grouped = blob_nbytes(m, k, bits, group_size, zero_point)
-    per_tensor_len = wbytes + 4
-    if blob.size == per_tensor_len and not zero_point:
-        per_tensor = True
-    elif blob.size == grouped:
-        per_tensor = False
-    else:
-        alts = f"{grouped} bytes for group scales" + ("" if zero_point else f" or {per_tensor_len} for a per-tensor scale")
-        raise LayoutError(f"blob is {blob.size} bytes; M0={m}, K={k}, {bits}-bit, group size {group_size}, "
-                          f"zero point {zero_point} needs {alts}", tensor=name, rule="blob length")
+    per_tensor = is_per_tensor_blob(blob.size, m, k, bits, group_size, zero_point, name)
     check_layout(m, k, bits, bm, kfactor, None if per_tensor else group_size, tensor=name)
 
     weights = blob[:wbytes]

@@ -27,17 +27,16 @@ Files written by tmac-convert itself (T-MAC ``I1..I4`` types, ``tmac.*`` metadat
 claimed here (:func:`is_tmac_gguf`): the T-MAC reader takes them.
 
 Robustness: before ``GGUFReader`` sees a file, :func:`scan_gguf_header` walks the header with
-bounds checks (counts, string and array lengths, dimensions, types, alignment, every tensor's data
-inside the file and not overlapping another), so truncated or lying files fail with a
+the shared bounded parser (:mod:`tmac_convert.gguf_header`: counts, string and array lengths,
+dimensions, alignment) and checks types and every tensor's data inside the file and not
+overlapping another, so truncated or lying files fail with a
 :class:`TmacError` naming the file, tensor and rule instead of an arbitrary exception or a hang.
 """
 
 from __future__ import annotations
 
-import mmap
-import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,13 +44,17 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError
-from ..tensor import SUPPORTED_BITS, QuantTensor
+from ..gguf_header import GGUF_MAGIC, GGUFFile, is_gguf, parse_header
+from ..tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
-from .hf_float import DEFAULTS as RTN_DEFAULTS
+from .gguf_blocks import decode_q4_0, decode_q4_1, decode_tq1_0, decode_tq2_0
+from .hf_float import rtn_settings
 from .naming import is_projection
 from .quantize import quantize_rtn
 
-GGUF_MAGIC = b"GGUF"
+__all__ = ["GGUF_MAGIC", "TMAC_KEY_PREFIX", "TMAC_TYPE_IDS", "GGUFTensorRecord", "GGUFHeader", "scan_gguf_header",
+           "is_tmac_gguf", "GGUFSourceReader", "decode_q4_0", "decode_q4_1", "decode_tq2_0", "decode_tq1_0"]
+
 TMAC_KEY_PREFIX = "tmac."
 # GGML type ids T-MAC forks give I1..I4 that the gguf package does not know: 36-38 in the
 # rebased fork (I1=36, I2=37, I3=38; I4=39 collides with upstream MXFP4) and 31-33 in the
@@ -64,15 +67,11 @@ _EXACT_TYPES = frozenset({_Q.Q4_0, _Q.Q4_1, _Q.TQ1_0, _Q.TQ2_0})
 _PLAIN_FLOAT_TYPES = frozenset({_Q.F32, _Q.F16, _Q.F64})
 _INT_TYPES = frozenset({_Q.I8, _Q.I16, _Q.I32, _Q.I64})
 
-# GGUF metadata value types: fixed sizes in bytes (STRING = 8 and ARRAY = 9 are variable).
 _VT = gguf.GGUFValueType
-_VALUE_SIZES = {_VT.UINT8: 1, _VT.INT8: 1, _VT.UINT16: 2, _VT.INT16: 2, _VT.UINT32: 4, _VT.INT32: 4,
-                _VT.FLOAT32: 4, _VT.BOOL: 1, _VT.UINT64: 8, _VT.INT64: 8, _VT.FLOAT64: 8}
-_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 # ----------------------------------------------------------------------------------------------
-# Header scan (pure python, bounds-checked)
+# Header scan: the shared bounded parser (gguf_header) plus the checks a GGUF source needs
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -93,90 +92,45 @@ class GGUFTensorRecord:
 
 @dataclass
 class GGUFHeader:
-    """What :func:`scan_gguf_header` learnt about a file without trusting it."""
+    """What :func:`scan_gguf_header` learnt about a file without trusting it (a view of a :class:`GGUFFile`)."""
 
-    path: Path
-    version: int
-    big_endian: bool
-    keys: list[str]
+    parsed: GGUFFile
     tensors: list[GGUFTensorRecord]
-    alignment: int
-    data_start: int
-    file_size: int
-    scalars: dict[str, Any] = field(default_factory=dict)  # scalar and string values only
+
+    @property
+    def path(self) -> Path:
+        return self.parsed.path
+
+    @property
+    def version(self) -> int:
+        return self.parsed.version
+
+    @property
+    def big_endian(self) -> bool:
+        return self.parsed.big_endian
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.parsed.kv)
+
+    @property
+    def alignment(self) -> int:
+        return self.parsed.alignment
+
+    @property
+    def data_start(self) -> int:
+        """Absolute offset of the data section (tensor ``offset`` values count from here)."""
+        return self.parsed.data_offset
+
+    @property
+    def file_size(self) -> int:
+        return self.parsed.file_size
 
     @property
     def is_tmac(self) -> bool:
         """True for a file in T-MAC's format (``tmac.*`` keys or T-MAC-only type ids)."""
-        return (any(k.startswith(TMAC_KEY_PREFIX) for k in self.keys)
+        return (any(k.startswith(TMAC_KEY_PREFIX) for k in self.parsed.kv)
                 or any(t.type_id in TMAC_TYPE_IDS for t in self.tensors))
-
-
-class _Cursor:
-    """Bounds-checked little/big-endian reads from a buffer; every failure is a TmacError."""
-
-    def __init__(self, buf: Any, size: int, file: str, endian: str) -> None:
-        self.buf, self.size, self.file, self.endian, self.pos = buf, size, file, endian, 0
-
-    def fail(self, message: str, rule: str, tensor: str | None = None) -> TmacError:
-        return TmacError(message, file=self.file, tensor=tensor, rule=rule)
-
-    def need(self, n: int, what: str, tensor: str | None = None) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise self.fail(f"truncated header: {what} needs {n} bytes at offset {self.pos}, file has "
-                            f"{self.size}", "header within file", tensor)
-
-    def unpack(self, fmt: str, what: str, tensor: str | None = None) -> Any:
-        n = struct.calcsize(fmt)
-        self.need(n, what, tensor)
-        vals = struct.unpack_from(self.endian + fmt, self.buf, self.pos)
-        self.pos += n
-        return vals[0] if len(vals) == 1 else vals
-
-    def string(self, what: str, tensor: str | None = None) -> bytes:
-        n = self.unpack("Q", f"length of {what}", tensor)
-        self.need(n, what, tensor)
-        s = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return s
-
-    def name(self, what: str) -> str:
-        """A key or tensor name: must be UTF-8 (GGUFReader decodes them strictly)."""
-        at = self.pos
-        raw = self.string(what)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail(f"{what} at offset {at} is not UTF-8: {raw[:40]!r}", "UTF-8 names") from None
-
-    def skip_value(self, vtype: int, key: str, depth: int = 0) -> Any:
-        """Skip one metadata value; returns it when it is a scalar or string (else None)."""
-        if vtype == _VT.STRING:
-            raw = self.string(f"value of {key!r}")
-            return raw.decode("utf-8", "replace")
-        if vtype == _VT.ARRAY:
-            if depth >= 3:
-                raise self.fail(f"metadata {key!r}: arrays nested too deep", "metadata value type")
-            itype = self.unpack("I", f"array type of {key!r}")
-            count = self.unpack("Q", f"array length of {key!r}")
-            if itype in _VALUE_SIZES:
-                self.need(count * _VALUE_SIZES[itype], f"array {key!r} of {count} items")
-                self.pos += count * _VALUE_SIZES[itype]
-                return None
-            if itype not in (_VT.STRING, _VT.ARRAY):
-                raise self.fail(f"metadata {key!r}: unknown array item type {itype}", "metadata value type")
-            # every string/array item takes at least 8 bytes: refuse absurd counts before looping
-            self.need(count * 8, f"array {key!r} of {count} items")
-            for _ in range(count):
-                self.skip_value(itype, key, depth + 1)
-            return None
-        size = _VALUE_SIZES.get(vtype)  # type: ignore[call-overload]
-        if size is None:
-            raise self.fail(f"metadata {key!r}: unknown value type {vtype}", "metadata value type")
-        fmt = {_VT.UINT8: "B", _VT.INT8: "b", _VT.UINT16: "H", _VT.INT16: "h", _VT.UINT32: "I",
-               _VT.INT32: "i", _VT.FLOAT32: "f", _VT.BOOL: "?", _VT.UINT64: "Q", _VT.INT64: "q",
-               _VT.FLOAT64: "d"}[_VT(vtype)]
-        return self.unpack(fmt, f"value of {key!r}")
 
 
 def _type_sizes(type_id: int) -> tuple[int, int] | None:
@@ -189,119 +143,65 @@ def _type_sizes(type_id: int) -> tuple[int, int] | None:
 def scan_gguf_header(path: str | Path) -> GGUFHeader:
     """Walk a GGUF header with bounds checks; raise :class:`TmacError` for anything malformed.
 
-    Checks: magic, version (2 or 3), key/tensor counts against the file size, every string and
-    array length, metadata value types, ``general.alignment`` (power of two), tensor dimensions
-    (1..4, row length a multiple of the type's block), type ids (known to gguf, or T-MAC's), data
-    offsets (aligned, inside the file, no two tensors overlapping) and duplicate names.  T-MAC
-    files are scanned but their tensor sizes are not checked (their size depends on kcfg).
+    :func:`~tmac_convert.gguf_header.parse_header` checks the structure (magic, version, counts,
+    string and array lengths, value types, alignment, dimensions, aligned offsets, duplicate names);
+    :func:`_check_tensors` adds type ids (known to gguf, or T-MAC's), row lengths a multiple of the
+    type's block, and every tensor's data inside the file and not overlapping another.  T-MAC files
+    are scanned but their tensor sizes are not checked (their size depends on kcfg).
     """
-    path = Path(path)
-    file = str(path)
-    try:
-        size = path.stat().st_size
-        fh = open(path, "rb")
-    except OSError as e:
-        raise TmacError(f"cannot open: {e.strerror or e}", file=file, rule="readable file") from None
-    with fh:
-        if size < 24:
-            raise TmacError(f"only {size} bytes; a GGUF header needs at least 24", file=file,
-                            rule="header within file")
-        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            return _scan(buf, size, path)
-        finally:
-            buf.close()
-
-
-def _scan(buf: Any, size: int, path: Path) -> GGUFHeader:
-    file = str(path)
-    if bytes(buf[:4]) != GGUF_MAGIC:
-        raise TmacError(f"not a GGUF file (magic {bytes(buf[:4])!r})", file=file, rule="GGUF magic")
-    (version_le,) = struct.unpack_from("<I", buf, 4)
-    big = (version_le & 0xFFFF) == 0
-    cur = _Cursor(buf, size, file, ">" if big else "<")
-    cur.pos = 4
-    version = cur.unpack("I", "version")
-    if version not in (2, 3):
-        raise cur.fail(f"GGUF version {version} is not supported (2 or 3)", "GGUF version")
-    n_tensors = cur.unpack("Q", "tensor count")
-    n_kv = cur.unpack("Q", "metadata count")
-    # a key/value pair takes at least 8 + 1 + 4 + 1 bytes and a tensor info at least 8 + 1 + 4 + 8 + 4 + 8
-    if n_kv * 14 > size or n_tensors * 33 > size:
-        raise cur.fail(f"header claims {n_kv} metadata entries and {n_tensors} tensors; the file has only "
-                       f"{size} bytes", "header counts within file")
-    keys: list[str] = []
-    seen: set[str] = set()
-    scalars: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = cur.name("metadata key")
-        vtype = cur.unpack("I", f"type of {key!r}")
-        if key in seen:
-            raise cur.fail(f"metadata key {key!r} appears twice", "unique metadata keys")
-        value = cur.skip_value(vtype, key)
-        keys.append(key)
-        seen.add(key)
-        if value is not None:
-            scalars[key] = value
-    records: list[GGUFTensorRecord] = []
-    for _ in range(n_tensors):
-        name = cur.name("tensor name")
-        n_dims = cur.unpack("I", "dimension count", name)
-        if not 1 <= n_dims <= _MAX_DIMS:
-            raise cur.fail(f"{n_dims} dimensions (1..{_MAX_DIMS} allowed)", "tensor dimensions", name)
-        cur.need(8 * n_dims, "dimensions", name)
-        dims = tuple(int(d) for d in struct.unpack_from(f"{cur.endian}{n_dims}Q", buf, cur.pos))
-        cur.pos += 8 * n_dims
-        type_id = cur.unpack("I", "tensor type", name)
-        offset = cur.unpack("Q", "tensor data offset", name)
-        records.append(GGUFTensorRecord(name, int(type_id), dims, int(offset)))
-    alignment = scalars.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
-            or alignment & (alignment - 1):
-        raise cur.fail(f"general.alignment {alignment!r} is not a power of two", "alignment")
-    data_start = -(-cur.pos // alignment) * alignment
-    header = GGUFHeader(path, int(version), big, keys, records, alignment, data_start, size, scalars)
+    parsed = parse_header(path)
+    header = GGUFHeader(parsed, [GGUFTensorRecord(t.name, t.type_id, t.ne, t.rel_offset) for t in parsed.tensors])
     _check_tensors(header)
     return header
 
 
 def _check_tensors(h: GGUFHeader) -> None:
-    file = str(h.path)
-    seen: set[str] = set()
+    """Size each tensor from its type; check types, block multiples, data inside the file and no overlap."""
     tmac = h.is_tmac
     spans: list[tuple[int, int, str]] = []
     for t in h.tensors:
-        if t.name in seen:
-            raise TmacError("tensor name appears twice", file=file, tensor=t.name, rule="unique tensor names")
-        seen.add(t.name)
-        if t.offset % h.alignment:
-            raise TmacError(f"data offset {t.offset} is not a multiple of the alignment {h.alignment}",
-                            file=file, tensor=t.name, rule="aligned tensor data")
-        sizes = _type_sizes(t.type_id)
-        if sizes is None:
-            if tmac:
-                continue  # T-MAC blobs: the T-MAC reader sizes them from kcfg
-            raise TmacError(f"GGML type id {t.type_id} is unknown to the gguf package (and not a T-MAC type)",
-                            file=file, tensor=t.name, rule="supported GGML type")
-        block, type_size = sizes
-        if t.dims[0] % block:
-            raise TmacError(f"row length {t.dims[0]} is not a multiple of the {_Q(t.type_id).name} block size "
-                            f"{block}", file=file, tensor=t.name, rule="row length % block size == 0")
-        n = 1
-        for d in t.dims:
-            n *= d
-        t.nbytes = n // block * type_size
-        end = h.data_start + t.offset + t.nbytes
-        if end > h.file_size:
-            raise TmacError(f"data [{h.data_start + t.offset}, {end}) runs past the end of the file "
-                            f"({h.file_size} bytes): truncated", file=file, tensor=t.name,
-                            rule="tensor data within file")
-        spans.append((t.offset, t.offset + t.nbytes, t.name))
-    spans.sort()
+        nbytes = _tensor_nbytes(h, t, tmac)
+        if nbytes is None:
+            continue  # T-MAC blobs: the T-MAC reader sizes them from kcfg
+        t.nbytes = nbytes
+        _check_inside_file(h, t)
+        spans.append((t.offset, t.offset + nbytes, t.name))
+    _check_no_overlap(h, spans)
+
+
+def _tensor_nbytes(h: GGUFHeader, t: GGUFTensorRecord, tmac: bool) -> int | None:
+    """Bytes of ``t``'s data from its type (None for a T-MAC file's unsized types)."""
+    sizes = _type_sizes(t.type_id)
+    if sizes is None:
+        if tmac:
+            return None
+        raise h.parsed.fail(f"GGML type id {t.type_id} is unknown to the gguf package (and not a T-MAC type)",
+                            "supported GGML type", t.name)
+    block, type_size = sizes
+    if t.dims[0] % block:
+        raise h.parsed.fail(f"row length {t.dims[0]} is not a multiple of the {_Q(t.type_id).name} block size "
+                            f"{block}", "row length % block size == 0", t.name)
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n // block * type_size
+
+
+def _check_inside_file(h: GGUFHeader, t: GGUFTensorRecord) -> None:
+    start = h.data_start + t.offset
+    end = start + (t.nbytes or 0)
+    if end > h.file_size:
+        raise h.parsed.fail(f"data [{start}, {end}) runs past the end of the file ({h.file_size} bytes): truncated",
+                            "tensor data within file", t.name)
+
+
+def _check_no_overlap(h: GGUFHeader, spans: list[tuple[int, int, str]]) -> None:
+    """``spans``: ``(start, end, name)`` relative to the data section, in any order."""
+    spans = sorted(spans)
     for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise TmacError(f"data overlaps tensor {an} ([{a0}, {a1}) vs [{b0}, ...))", file=file, tensor=bn,
-                            rule="non-overlapping tensor data")
+            raise h.parsed.fail(f"data overlaps tensor {an} ([{a0}, {a1}) vs [{b0}, ...))",
+                                "non-overlapping tensor data", bn)
 
 
 def is_tmac_gguf(path: str | Path) -> bool:
@@ -313,88 +213,6 @@ def is_tmac_gguf(path: str | Path) -> bool:
         return scan_gguf_header(path).is_tmac
     except TmacError:
         return False
-
-
-# ----------------------------------------------------------------------------------------------
-# Block decoders (vectorised; raw block bytes [rows, n_blocks * type_size] -> codes and scales)
-# ----------------------------------------------------------------------------------------------
-
-def _blocks(raw: np.ndarray, type_size: int) -> np.ndarray:
-    rows = raw.shape[0]
-    return np.ascontiguousarray(raw).reshape(rows, -1, type_size)
-
-
-def _f16(b: np.ndarray) -> np.ndarray:
-    """Two little-endian bytes (last axis) -> float32 (exact)."""
-    return np.ascontiguousarray(b).view("<f2")[..., 0].astype(np.float32)
-
-
-def _nibbles32(qs: np.ndarray) -> np.ndarray:
-    """``[..., 16]`` bytes -> ``[..., 32]`` nibbles: element e < 16 is the low nibble of byte e,
-    element e >= 16 the high nibble of byte e - 16 (ggml's Q4_0/Q4_1 order)."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-
-
-def decode_q4_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0 rows -> ``(codes uint8 [M0, K], d float32 [M0, K/32])`` with ``W = (codes - 8) * d``.
-
-    Block (18 bytes): fp16 ``d``, then 16 bytes ``qs``.
-    """
-    b = _blocks(raw, 18)
-    codes = _nibbles32(b[..., 2:])
-    return codes.reshape(b.shape[0], -1), _f16(b[..., 0:2])
-
-
-def decode_q4_1(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1 rows -> ``(codes uint8 [M0, K], d float32 [M0, G], m float32 [M0, G])``, ``W = d*q + m``.
-
-    Block (20 bytes): fp16 ``d``, fp16 ``m``, then 16 bytes ``qs``.
-    """
-    b = _blocks(raw, 20)
-    codes = _nibbles32(b[..., 4:])
-    return codes.reshape(b.shape[0], -1), _f16(b[..., 0:2]), _f16(b[..., 2:4])
-
-
-def decode_tq2_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TQ2_0 rows -> ``(t uint8 [M0, K] in 0..3, d float32 [M0, K/256])``, ``W = (t - 1) * d``.
-
-    Block (66 bytes): 64 bytes ``qs`` then fp16 ``d``.  Element ``128 j + 32 l + m`` is bits
-    ``2l..2l+1`` of byte ``32 j + m`` (j < 2, l < 4, m < 32).  A field of 3 is not ternary; the
-    caller rejects it.
-    """
-    b = _blocks(raw, 66)
-    qs = b[..., :64].reshape(b.shape[0], b.shape[1], 2, 1, 32)
-    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
-    t = (qs >> shifts) & 0x03
-    return t.reshape(b.shape[0], -1), _f16(b[..., 64:66])
-
-
-_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint16)
-
-
-def _trits(b: np.ndarray, n: int) -> np.ndarray:
-    """Base-3 bytes ``[..., B]`` -> trits ``[..., n, B]`` (most significant first).
-
-    A byte stores ``v`` = five (or four) trits as ``ceil(v * 256 / 243)``; multiplying by ``3**i``
-    modulo 256 moves trit ``i`` to the top, where ``(x * 3) >> 8`` reads it.
-    """
-    x = (b[..., None, :].astype(np.uint16) * _POW3[:n, None]) & 0xFF
-    return ((x * 3) >> 8).astype(np.uint8)
-
-
-def decode_tq1_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TQ1_0 rows -> ``(t uint8 [M0, K] in 0..2, d float32 [M0, K/256])``, ``W = (t - 1) * d``.
-
-    Block (54 bytes): 48 bytes ``qs`` (5 trits each), 4 bytes ``qh`` (4 trits each), fp16 ``d``.
-    Elements 0..159: trit ``i`` of ``qs[m]`` at ``32 i + m`` (m < 32); 160..239: trit ``i`` of
-    ``qs[32 + m]`` at ``160 + 16 i + m`` (m < 16); 240..255: trit ``i`` of ``qh[m]`` at
-    ``240 + 4 i + m`` (m < 4).
-    """
-    b = _blocks(raw, 54)
-    r, nb = b.shape[:2]
-    parts = [_trits(b[..., 0:32], 5), _trits(b[..., 32:48], 5), _trits(b[..., 48:52], 4)]
-    t = np.concatenate([p.reshape(r, nb, -1) for p in parts], axis=-1)
-    return t.reshape(r, -1), _f16(b[..., 52:54])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,40 +275,14 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        path = Path(path)
-        if not path.is_file():
-            return False
-        try:
-            with open(path, "rb") as fh:
-                if fh.read(4) != GGUF_MAGIC:
-                    return False
-        except OSError:
-            return False
-        return not is_tmac_gguf(path)
+        return is_gguf(path) and not is_tmac_gguf(path)
 
     # -- options ---------------------------------------------------------------------------------
 
     def _rtn_params(self, file: str | None = None) -> tuple[int, int, bool]:
         """``(bits, group_size, zero_point)`` for re-quantised projections: options, else the float
-        reader's defaults (:data:`hf_float.DEFAULTS`), so GGUF and HF float sources behave alike."""
-        o = self.options
-        bits = o.get("bits")
-        gs = o.get("group_size")
-        zp = o.get("zero_point")
-        bits = RTN_DEFAULTS["bits"] if bits is None else bits
-        gs = RTN_DEFAULTS["group_size"] if gs is None else gs
-        zp = RTN_DEFAULTS["zero_point"] if zp is None else zp
-        try:
-            bits, gs = int(bits), int(gs)
-        except (TypeError, ValueError):
-            raise TmacError(f"bits {bits!r} and group_size {gs!r} must be integers", file=file,
-                            rule="quantisation options") from None
-        if bits not in SUPPORTED_BITS:
-            raise TmacError(f"cannot quantise to {bits} bits: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
-                            rule="bits in 1..4")
-        if gs == 0 or gs < -1:
-            raise TmacError(f"group_size {gs} is invalid (use -1 for per channel)", file=file, rule="group size")
-        return bits, gs, bool(zp)
+        reader's defaults (:func:`hf_float.rtn_settings`), so GGUF and HF float sources behave alike."""
+        return rtn_settings(self.options, file)
 
     # -- open ------------------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ float (for stock llama.cpp outputs, which quantise them themselves or keep them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
-
+from typing import Any, Iterator, Mapping
 
 from ..errors import TmacError
 from ..tensor import SUPPORTED_BITS
@@ -26,6 +25,32 @@ from .quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint, checkpoint_files
 
 DEFAULTS: dict[str, Any] = {"bits": 4, "group_size": 128, "zero_point": True}
+
+
+def rtn_settings(options: Mapping[str, Any], file: str | None = None) -> tuple[int, int, bool]:
+    """``(bits, group_size, zero_point)`` for round-to-nearest quantisation: ``options``, else
+    :data:`DEFAULTS` (shared by every reader that quantises float weights, so they behave alike).
+
+    Raises :class:`TmacError` naming ``file`` for non-integer values, bits outside 1..4 or a group
+    size that is 0 or below -1 (-1 = per channel).
+    """
+    bits = options.get("bits")
+    bits = DEFAULTS["bits"] if bits is None else bits
+    gs = options.get("group_size")
+    gs = DEFAULTS["group_size"] if gs is None else gs
+    zp = options.get("zero_point")
+    zp = DEFAULTS["zero_point"] if zp is None else zp
+    try:
+        bits, gs = int(bits), int(gs)
+    except (TypeError, ValueError):
+        raise TmacError(f"bits {bits!r} and group_size {gs!r} must be integers", file=file,
+                        rule="quantisation options") from None
+    if bits not in SUPPORTED_BITS:
+        raise TmacError(f"cannot quantise to {bits} bits: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
+                        rule="bits in 1..4")
+    if gs == 0 or gs < -1:
+        raise TmacError(f"group_size {gs} is invalid (use -1 for per channel)", file=file, rule="group size")
+    return bits, gs, bool(zp)
 
 
 class HFFloatReader(Reader, name="hf-float", priority=90):
@@ -42,23 +67,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
             return True  # broken index: let open() report it
 
     def _settings(self, file: str) -> tuple[int, int, bool]:
-        bits = self.options.get("bits")
-        bits = DEFAULTS["bits"] if bits is None else bits
-        gs = self.options.get("group_size")
-        gs = DEFAULTS["group_size"] if gs is None else gs
-        zp = self.options.get("zero_point")
-        zp = DEFAULTS["zero_point"] if zp is None else zp
-        try:
-            bits, gs = int(bits), int(gs)
-        except (TypeError, ValueError):
-            raise TmacError(f"bits {bits!r} and group_size {gs!r} must be integers", file=file,
-                            rule="quantisation options") from None
-        if bits not in SUPPORTED_BITS:
-            raise TmacError(f"cannot quantise to {bits} bits: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
-                            rule="bits in 1..4")
-        if gs == 0 or gs < -1:
-            raise TmacError(f"group_size {gs} is invalid (use -1 for per channel)", file=file, rule="group size")
-        return bits, gs, bool(zp)
+        return rtn_settings(self.options, file)
 
     def open(self, path: Path) -> SourceModel:
         path = Path(path)

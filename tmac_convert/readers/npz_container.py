@@ -35,6 +35,29 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Ru
                ValueError, struct.error, zlib.error, UnicodeDecodeError, KeyError, OverflowError, RecursionError)
 
 
+#: Date and attributes of every member the writer stores, so that the same conversion gives the same bytes
+#: (the zip default is the clock, or a tokenizer file's mtime and mode).
+FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FIXED_EXTERNAL_ATTR = 0o100644 << 16  # a regular file, rw-r--r--
+
+#: Characters a tensor name may hold that cannot appear in a member name as they are: path separators
+#: (zip-slip for tools that extract), NUL and other controls (zipfile cuts a name at NUL), and ``%`` itself.
+_MEMBER_ESCAPES = {c: f"%{ord(c):02X}" for c in ["%", "/", "\\"] + [chr(i) for i in range(32)] + ["\x7f"]}
+
+
+def member_name(tensor: str) -> str:
+    """The zip member of a tensor: its name with ``%``, ``/``, ``\\`` and control characters percent-encoded,
+    plus ``.npy`` (one path component, never ``..`` or absolute, and a different member for each name)."""
+    return "".join(_MEMBER_ESCAPES.get(c, c) for c in tensor) + ".npy"
+
+
+def is_safe_member(member: str) -> bool:
+    """Whether a manifest's member name is a single plain component that no extractor can place outside its
+    folder (what :func:`member_name` produces)."""
+    return (member.endswith(".npy") and not any(c in member for c in "/\\") and member not in (".", "..")
+            and not any(ord(c) < 32 or c == "\x7f" for c in member))
+
+
 @contextmanager
 def guarded(p: Path, what: str) -> Iterator[None]:
     """Re-raise any zip/npy/JSON failure inside the block as a TmacError naming the file."""
@@ -124,6 +147,10 @@ def _validate(man: dict[str, Any], p: Path) -> None:
         where = f"manifest tensor {i}"
         for key, types in (("name", str), ("member", str), ("encoding", str), ("shape", list), ("nbytes", int)):
             _need(d, key, types, p, where)
+        if not is_safe_member(d["member"]):
+            raise TmacError(f"{where} has member {d['member'][:80]!r}, not a plain .npy name (a path would let "
+                            "an extractor write outside its folder)", file=str(p), tensor=d["name"],
+                            rule="npz member names are plain")
         shape = d["shape"]
         if not 1 <= len(shape) <= 4 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < 1 << 40
                                                for x in shape):

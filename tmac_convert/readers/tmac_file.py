@@ -58,7 +58,7 @@ def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
         return RUNTIMES[option]
     name = gf.get("tmac.runtime")
     if name is not None:
-        if name not in RUNTIMES:
+        if not isinstance(name, str) or name not in RUNTIMES:
             raise gf.fail(f"tmac.runtime {name!r} is not one of {', '.join(RUNTIMES)}", "tmac.runtime")
         return RUNTIMES[name]
     ids = {t.type_id for t in gf.tensors}

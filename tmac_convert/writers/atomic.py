@@ -13,13 +13,17 @@ a hard link that fails rather than replace a file that appeared meanwhile.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import secrets
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..errors import TmacError
 
@@ -37,6 +41,32 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
     if free < needed_bytes + FREE_SPACE_MARGIN:
         raise TmacError(f"{free / 2**20:.1f} MiB free, the output needs {(needed_bytes + FREE_SPACE_MARGIN) / 2**20:.1f} "
                         "MiB", file=str(folder), rule="free disk space")
+
+
+#: errno values that mean "no room for the output": a full disk, a per-process file size limit, a quota.
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
+@contextlib.contextmanager
+def disk_full_as_tmac_error(target: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError meaning "no room" (:data:`DISK_FULL_ERRNOS`) raised inside the block, by a write, a flush
+    or an fsync, into a :class:`TmacError` naming ``target`` (other OSErrors pass unchanged: they may come from
+    reading the source)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            why = os.strerror(e.errno)
+        elif e.errno is None and _SHORT_WRITE.search(str(e)):
+            # numpy's ndarray.tofile (the gguf package's tensor writes) reports a short write without errno
+            why = f"a short write: {e}"
+        else:
+            raise
+        raise TmacError(f"no room to write the output ({why}); nothing was written", file=str(target),
+                        rule="free disk space") from None
 
 
 class AtomicOutputs:
@@ -103,28 +133,8 @@ class AtomicOutputs:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        created: list[Path] = []
-        try:
-            for t, tmp in self.temps.items():
-                os.chmod(tmp, 0o644 & ~_umask())
-                if self.force:
-                    os.replace(tmp, t)
-                    continue
-                try:
-                    os.link(tmp, t)  # unlike a rename, fails if the target appeared since check()
-                except FileExistsError:
-                    raise TmacError("appeared while converting; not overwritten", file=str(t),
-                                    rule="no overwrite without --force") from None
-                except OSError:  # a file system without hard links
-                    if t.exists():
-                        raise TmacError("appeared while converting; not overwritten", file=str(t),
-                                        rule="no overwrite without --force") from None
-                    os.replace(tmp, t)
-                created.append(t)
-        except BaseException:
-            for t in created:  # all or nothing: these did not exist before
-                t.unlink(missing_ok=True)
-            raise
+        with _signals_blocked():
+            self._rename_all()
         for folder in {t.parent for t in self.temps}:
             try:
                 fd = os.open(folder, os.O_RDONLY)
@@ -137,6 +147,47 @@ class AtomicOutputs:
             finally:
                 os.close(fd)
 
+    def _rename_all(self) -> None:
+        """Rename every temporary file over its target, all or nothing: on any failure (or an interrupt raised
+        in this thread) the targets renamed so far get their previous file back (kept as a hard link until
+        the end) or are removed when they did not exist before."""
+        backups: dict[Path, Path | None] = {}  # target -> hard link to its previous file (None: there was none)
+        done: list[Path] = []
+        try:
+            for t, tmp in self.temps.items():
+                os.chmod(tmp, 0o644 & ~_umask())
+                backups[t] = _backup(t) if self.force else None
+                if self.force:
+                    try:
+                        os.replace(tmp, t)
+                    finally:
+                        if not tmp.exists():  # renamed, even if an interrupt arrived as the call returned
+                            done.append(t)
+                    continue
+                try:
+                    os.link(tmp, t)  # unlike a rename, fails if the target appeared since check()
+                except FileExistsError:
+                    raise TmacError("appeared while converting; not overwritten", file=str(t),
+                                    rule="no overwrite without --force") from None
+                except OSError:  # a file system without hard links
+                    if t.exists():
+                        raise TmacError("appeared while converting; not overwritten", file=str(t),
+                                        rule="no overwrite without --force") from None
+                    os.replace(tmp, t)
+                done.append(t)
+        except BaseException:
+            for t in done:
+                b = backups.get(t)
+                if b is not None:
+                    os.replace(b, t)
+                else:  # it did not exist before (or could not be linked: nothing to give back)
+                    t.unlink(missing_ok=True)
+            raise
+        finally:
+            for b in backups.values():
+                if b is not None:
+                    b.unlink(missing_ok=True)
+
     def _cleanup(self) -> None:
         for tmp in self.temps.values():
             try:
@@ -147,6 +198,32 @@ class AtomicOutputs:
         if self._old_handler is not None:
             signal.signal(signal.SIGTERM, self._old_handler)
             self._old_handler = None
+
+
+def _backup(t: Path) -> Path | None:
+    """A hard link to ``t``'s current file beside it (None when ``t`` does not exist or links are unsupported)."""
+    if not t.exists():
+        return None
+    b = t.parent / f".{t.name}.{secrets.token_hex(8)}.prev.part"  # a leftover looks like the other temporaries
+    try:
+        os.link(t, b)
+    except OSError:
+        return None
+    return b
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered on leaving the block) in the main thread, so that renaming a pair
+    of outputs is not cut in the middle by Ctrl-C or a polite kill (SIGKILL cannot be held back)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _umask() -> int:

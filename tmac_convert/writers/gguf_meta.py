@@ -145,54 +145,122 @@ def _first(cfg: dict, *keys: str) -> Any:
     return None
 
 
+_U32 = 2**32
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class _Hparams:
+    """Typed reads of an HF config's hyper-parameters: a value of the wrong type or out of range is a
+    :class:`TmacError` naming the config file and the key (not a TypeError/OverflowError from ``int()``/``float()``
+    or from the GGUF writer's ``struct.pack``)."""
+
+    def __init__(self, cfg: dict, file: str, prefix: str = "") -> None:
+        self.cfg = cfg
+        self.file = file
+        self.prefix = prefix  # "rope_scaling." for the nested object
+
+    def _key(self, keys: tuple[str, ...]) -> str | None:
+        return next((k for k in keys if self.cfg.get(k) is not None), None)
+
+    def _fail(self, key: str, v: Any, want: str) -> TmacError:
+        return TmacError(f"config.json: {self.prefix}{key} = {str(v)[:60]!r} is not {want}", file=self.file,
+                         rule="hyper-parameter types")
+
+    def int(self, *keys: str, lo: int = 0, hi: int = _U32) -> int | None:
+        """The first present key as an int in ``[lo, hi)`` (an integral float such as 2048.0 is accepted)."""
+        key = self._key(keys)
+        if key is None:
+            return None
+        v = self.cfg[key]
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < hi:
+            raise self._fail(key, self.cfg[key], f"an integer in [{lo}, {hi})")
+        return v
+
+    def float(self, *keys: str, positive: bool = False) -> float | None:
+        """The first present key as a finite float that fits float32 (``positive``: > 0)."""
+        key = self._key(keys)
+        if key is None:
+            return None
+        v = self.cfg[key]
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v))
+                or abs(float(v)) > _F32_MAX or (positive and not float(v) > 0)):
+            raise self._fail(key, v, "a finite" + (" positive" if positive else "") + " number")
+        return float(v)
+
+    def dict(self, key: str) -> dict:
+        v = self.cfg.get(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self._fail(key, v, "an object")
+        return v
+
+    def str(self, key: str) -> str | None:
+        v = self.cfg.get(key)
+        if v is not None and not isinstance(v, str):
+            raise self._fail(key, v, "a string")
+        return v
+
+
 def text_config(config: dict) -> dict:
     """The language-model part of an HF config (multimodal configs nest it under ``text_config``)."""
     return {**config, **config["text_config"]} if isinstance(config.get("text_config"), dict) else config
 
 
-def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str]) -> None:
+def _rope_scaling(h: _Hparams) -> tuple[str | None, _Hparams]:
+    """The RoPE scaling type and its (typed) parameters."""
+    s = _Hparams(h.dict("rope_scaling"), h.file, "rope_scaling.")
+    rtype = s.str("rope_type") if s.cfg.get("rope_type") is not None else s.str("type")
+    return rtype, s
+
+
+def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str], file: str = "config.json") -> None:
     """Write llama.cpp's hyper-parameter keys for ``arch`` from an HF config (what llama.cpp's converter
-    writes for the Llama family, Qwen2 and BitNet: sizes, heads, norms, RoPE)."""
-    c = text_config(config)
-    n_layers = _first(c, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = _first(c, "hidden_size", "n_embd", "d_model")
-    heads = _first(c, "num_attention_heads", "n_head")
+    writes for the Llama family, Qwen2 and BitNet: sizes, heads, norms, RoPE).  ``file`` names the config
+    in errors: a hyper-parameter of the wrong type or out of range is a :class:`TmacError`."""
+    h = _Hparams(text_config(config), file)
+    n_layers = h.int("num_hidden_layers", "n_layer", "num_layers")
+    hidden = h.int("hidden_size", "n_embd", "d_model", lo=1)
+    heads = h.int("num_attention_heads", "n_head")
     if n_layers is None or hidden is None:
-        raise TmacError("config.json lacks num_hidden_layers or hidden_size", rule="hyper-parameters present")
-    w.add_block_count(int(n_layers))
-    w.add_embedding_length(int(hidden))
-    if (v := _first(c, "max_position_embeddings", "n_ctx", "n_positions", "max_length")) is not None:
-        w.add_context_length(int(v))
-    if (v := _first(c, "intermediate_size", "n_inner")) is not None:
-        w.add_feed_forward_length(int(v))
-    if heads is not None:
-        w.add_head_count(int(heads))
-        w.add_head_count_kv(int(_first(c, "num_key_value_heads", "n_head_kv") or heads))
-    if (v := c.get("rope_theta")) is not None:
-        w.add_rope_freq_base(float(v))
-    if (v := c.get("rms_norm_eps")) is not None:
-        w.add_layer_norm_rms_eps(float(v))
-    if (v := _first(c, "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")) is not None:
-        w.add_layer_norm_eps(float(v))
-    if (v := c.get("vocab_size")) is not None:
-        w.add_vocab_size(int(v))
-    head_dim = c.get("head_dim")
+        raise TmacError("config.json lacks num_hidden_layers or hidden_size", file=file,
+                        rule="hyper-parameters present")
+    w.add_block_count(n_layers)
+    w.add_embedding_length(hidden)
+    if (v := h.int("max_position_embeddings", "n_ctx", "n_positions", "max_length")) is not None:
+        w.add_context_length(v)
+    if (v := h.int("intermediate_size", "n_inner")) is not None:
+        w.add_feed_forward_length(v)
     if heads:
-        rope_dim = int(head_dim) if head_dim else int(hidden) // int(heads)
-        if head_dim and int(head_dim) != int(hidden) // int(heads):
-            w.add_key_length(int(head_dim))
-            w.add_value_length(int(head_dim))
+        w.add_head_count(heads)
+        w.add_head_count_kv(h.int("num_key_value_heads", "n_head_kv") or heads)
+    if (v := h.float("rope_theta", positive=True)) is not None:
+        w.add_rope_freq_base(v)
+    if (v := h.float("rms_norm_eps")) is not None:
+        w.add_layer_norm_rms_eps(v)
+    if (v := h.float("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")) is not None:
+        w.add_layer_norm_eps(v)
+    if (v := h.int("vocab_size", hi=MAX_VOCAB + 1)) is not None:
+        w.add_vocab_size(v)
+    head_dim = h.int("head_dim")
+    if heads:
+        rope_dim = head_dim if head_dim else hidden // heads
+        if head_dim and head_dim != hidden // heads:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
         w.add_rope_dimension_count(rope_dim)
-    scaling = c.get("rope_scaling") or {}
-    rtype = scaling.get("rope_type", scaling.get("type"))
-    if rtype == "linear" and scaling.get("factor"):
+    rtype, scaling = _rope_scaling(h)
+    factor = scaling.float("factor", positive=True)
+    if rtype == "linear" and factor:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
-    elif rtype == "yarn" and scaling.get("factor"):
+        w.add_rope_scaling_factor(factor)
+    elif rtype == "yarn" and factor:
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
-        if scaling.get("original_max_position_embeddings"):
-            w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+        w.add_rope_scaling_factor(factor)
+        if orig := scaling.int("original_max_position_embeddings"):
+            w.add_rope_scaling_orig_ctx_len(orig)
     elif rtype == "llama3":
         notes.append("rope scaling llama3: factors written as rope_freqs.weight")
     elif rtype not in (None, "default"):
@@ -201,33 +269,40 @@ def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str]) -
         # llama.cpp's converter marks BitNet's RoPE as linear with factor 1
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(1.0)
-    act = c.get("hidden_act")
+    act = h.str("hidden_act")
     if arch == "bitnet" and act not in (None, "silu"):
         # llama.cpp's bitnet graph defaults to SiLU; newer builds read {arch}.hidden_activation.  "silu"
         # itself is not written: some builds map that string to a fused-gate SwiGLU.
-        w.add_string(f"{arch}.hidden_activation", str(act))
+        w.add_string(f"{arch}.hidden_activation", act)
         notes.append(f"BitNet hidden_act {act!r} written as {arch}.hidden_activation; llama.cpp builds that do not "
                      "read it (up to at least the one in llama-cpp-python 0.3.36) run SiLU instead and compute "
                      "a different model")
 
 
-def llama3_rope_factors(config: dict) -> np.ndarray | None:
+def llama3_rope_factors(config: dict, file: str = "config.json") -> np.ndarray | None:
     """float32 ``[head_dim/2]`` frequency factors of Llama 3.1-style RoPE scaling, or None.
 
     Wavelengths shorter than ``original/high_freq_factor`` keep factor 1, longer than
     ``original/low_freq_factor`` get ``factor``, and those between are interpolated smoothly.
     """
-    c = text_config(config)
-    s = c.get("rope_scaling") or {}
-    if s.get("rope_type", s.get("type")) != "llama3":
+    h = _Hparams(text_config(config), file)
+    rtype, s = _rope_scaling(h)
+    if rtype != "llama3":
         return None
-    base = float(c.get("rope_theta", 10000.0))
-    heads = int(c["num_attention_heads"])
-    dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
-    factor = float(s.get("factor", 8.0))
-    low = float(s.get("low_freq_factor", 1.0))
-    high = float(s.get("high_freq_factor", 4.0))
-    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    base = h.float("rope_theta", positive=True) or 10000.0
+    heads = h.int("num_attention_heads", lo=1)
+    hidden = h.int("hidden_size", lo=1)
+    dim = h.int("head_dim", lo=1) or (hidden // heads if heads and hidden else None)
+    if not dim:
+        raise TmacError("llama3 rope scaling needs head_dim or hidden_size and num_attention_heads", file=file,
+                        rule="hyper-parameters present")
+    factor = s.float("factor", positive=True) or 8.0
+    low = s.float("low_freq_factor", positive=True) or 1.0
+    high = s.float("high_freq_factor", positive=True) or 4.0
+    old_ctx = float(s.int("original_max_position_embeddings", lo=1) or 8192)
+    if high == low:
+        raise TmacError("rope_scaling high_freq_factor equals low_freq_factor", file=file,
+                        rule="hyper-parameter types")
     freqs = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
     wavelen = 2 * math.pi / freqs
     smooth = (old_ctx / wavelen - low) / (high - low)
@@ -236,11 +311,17 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
     return out.astype(np.float32)
 
 
+def config_file(model: SourceModel) -> str:
+    """The path of the source's config.json for error messages (``config.json`` when it has no folder)."""
+    p = Path(str(model.path)) if model.path is not None else None
+    return str(p / "config.json") if p is not None and p.is_dir() else "config.json"
+
+
 def extra_tensors(model: SourceModel, existing: set[str]) -> list[FloatTensor]:
     """Tensors llama.cpp expects that a checkpoint does not store (Llama 3.1 ``rope_freqs.weight``)."""
     out = []
     if model.gguf_arch == "llama" and model.config and "rope_freqs.weight" not in existing:
-        f = llama3_rope_factors(model.config)
+        f = llama3_rope_factors(model.config, config_file(model))
         if f is not None:
             out.append(FloatTensor("rope_freqs.weight", f))
     return out
@@ -263,17 +344,83 @@ KNOWN_PRE = sorted(set(_PRE_BY_REGEX.values()) | {"default"})
 def detect_pre(tokenizer_json: dict, file: str) -> str:
     """llama.cpp's pre-tokenizer name for a byte-level BPE ``tokenizer.json`` (raises for an unknown one)."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
-    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    regexes: list[Any] = []
+    byte_level: list[dict] = []
+    if isinstance(pre, dict):
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        steps = [st for st in steps if isinstance(st, dict)] if isinstance(steps, list) else []
+        for st in steps:
+            if st.get("type") == "Split":
+                pattern = st.get("pattern")
+                regexes.append(pattern.get("Regex") if isinstance(pattern, dict) else None)
+        byte_level = [st for st in steps if st.get("type") == "ByteLevel"]
     if not regexes and byte_level and byte_level[0].get("use_regex", True):
         return "gpt-2"
-    if len(regexes) == 1 and regexes[0] in _PRE_BY_REGEX:
+    if len(regexes) == 1 and isinstance(regexes[0], str) and regexes[0] in _PRE_BY_REGEX:
         return _PRE_BY_REGEX[regexes[0]]
     shown = regexes[0] if regexes else json.dumps(pre)[:120]
     raise TmacError(f"unknown pre-tokenizer {shown!r}; llama.cpp would tokenise wrongly without the right "
                     f"tokenizer.ggml.pre: name it with --tokenizer-pre (e.g. {', '.join(KNOWN_PRE)})",
                     file=file, rule="known tokenizer.ggml.pre")
+
+
+#: Largest vocabulary accepted (real ones are under 300k); the vocabulary is padded up to ``vocab_size``
+#: in memory, so an absurd value is refused instead of allocating millions of tokens.
+MAX_VOCAB = 1 << 22
+
+#: Exceptions the ``gguf`` package's vocab helpers raise on malformed files they read themselves.
+_GGUF_VOCAB_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+
+
+def _read_json(path: Path, rule: str = "tokenizer files readable") -> Any:
+    """A JSON file, or a :class:`TmacError` naming it (bad UTF-8, bad JSON, nesting too deep)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TmacError(f"cannot read {path.name}: {e}", file=str(path), rule=rule) from None
+    except RecursionError:
+        raise TmacError(f"{path.name} is nested too deeply to read", file=str(path), rule=rule) from None
+
+
+def _check_bpe_json(tj: Any, file: str) -> None:
+    """The parts of a byte-level BPE ``tokenizer.json`` that the ``gguf`` vocab helpers and the GGUF
+    writer use, checked up front: ``model.vocab`` maps strings to the ids 0..n-1 (each once),
+    ``model.merges`` is all strings or all ``[str, str]`` pairs, ``added_tokens`` is a list of
+    ``{"content": str, "id": int}`` objects."""
+    def bad(what: str) -> TmacError:
+        return TmacError(f"tokenizer.json: {what}", file=file, rule="tokenizer.json schema")
+
+    model = tj["model"]
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise bad("model.vocab is not a non-empty object")
+    if len(vocab) > MAX_VOCAB:
+        raise bad(f"model.vocab has {len(vocab)} tokens, more than the {MAX_VOCAB} accepted")
+    ids = list(vocab.values())
+    if not all(type(i) is int for i in ids):
+        raise bad("model.vocab holds an id that is not an integer")
+    if min(ids) < 0 or max(ids) >= len(ids) or np.unique(np.asarray(ids, dtype=np.int64)).size != len(ids):
+        raise bad(f"model.vocab ids are not 0..{len(ids) - 1}, each once (ids from {min(ids)} to {max(ids)})")
+    merges = model.get("merges")
+    if merges is not None:
+        if not isinstance(merges, list):
+            raise bad("model.merges is not a list")
+        strings = all(isinstance(m, str) for m in merges)
+        pairs = all(isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in merges)
+        if not (strings or pairs):
+            raise bad("model.merges is neither all strings nor all [string, string] pairs")
+    added = tj.get("added_tokens", [])
+    if not isinstance(added, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) and type(t.get("id")) is int
+            and 0 <= t["id"] < MAX_VOCAB for t in added):
+        raise bad("added_tokens is not a list of {\"content\": string, \"id\": integer} objects")
+
+
+def _check_side_files(d: Path) -> None:
+    """tokenizer_config.json / special_tokens_map.json / chat_template.json, when present, are JSON objects."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.json", "config.json"):
+        if (d / name).is_file() and not isinstance(_read_json(d / name), dict):
+            raise TmacError(f"{name} is not a JSON object", file=str(d / name), rule="tokenizer files readable")
 
 
 def _tokenizer_dir(files: dict[str, Path], stack: list) -> Path | None:
@@ -329,24 +476,27 @@ def load_tokenizer(model: SourceModel, *, pre_override: str | None = None, notes
         if d is None or not ((d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()):
             notes.append("no tokenizer files: the GGUF has no vocabulary (tokenizer.ggml.model = none)")
             return TokenizerData("none")
-        n_vocab = text_config(model.config).get("vocab_size") if model.config else None
+        n_vocab = (_Hparams(text_config(model.config), config_file(model)).int("vocab_size", hi=MAX_VOCAB + 1)
+                   if model.config else None)
+        _check_side_files(d)
         tj_path = d / "tokenizer.json"
-        tj = None
-        if tj_path.is_file():
-            try:
-                tj = json.loads(tj_path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise TmacError(f"cannot read tokenizer.json: {e}", file=str(tj_path), rule="tokenizer.json") from None
-        tm = tj.get("model", {}) if isinstance(tj, dict) else {}
+        tj = _read_json(tj_path) if tj_path.is_file() else None
+        if tj is not None and not isinstance(tj, dict):
+            raise TmacError("tokenizer.json is not a JSON object", file=str(tj_path), rule="tokenizer.json schema")
+        tm = tj.get("model", {}) if tj is not None else {}
+        if not isinstance(tm, dict):
+            raise TmacError("tokenizer.json: model is not an object", file=str(tj_path), rule="tokenizer.json schema")
         if tj is not None and tm.get("type") == "BPE" and not tm.get("byte_fallback", False):
+            _check_bpe_json(tj, str(tj_path))
             try:
                 vocab = gguf.vocab.BpeVocab(d)
-            except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
-                raise TmacError(f"not a byte-level BPE tokenizer the gguf package reads: {e}", file=str(tj_path),
-                                rule="tokenizer readable") from None
+                tokens = list(vocab.all_tokens())
+            except _GGUF_VOCAB_ERRORS as e:
+                raise TmacError(f"not a byte-level BPE tokenizer the gguf package reads: {type(e).__name__}: {e}",
+                                file=str(tj_path), rule="tokenizer readable") from None
             pre = pre_override or detect_pre(tj, str(tj_path))
             data = TokenizerData("gpt2", pre=pre)
-            for text, score, ttype in vocab.all_tokens():
+            for text, score, ttype in tokens:
                 data.tokens.append(text if isinstance(text, bytes) else str(text).encode("utf-8"))
                 data.types.append(int(ttype))
             _mark_added_specials(tj, data)
@@ -354,41 +504,56 @@ def load_tokenizer(model: SourceModel, *, pre_override: str | None = None, notes
         elif (d / "tokenizer.model").is_file():
             try:
                 vocab = gguf.vocab.SentencePieceVocab(d)
+                tokens = list(vocab.all_tokens())
             except RuntimeError:
                 raise TmacError("reading tokenizer.model needs the sentencepiece package (pip install sentencepiece)",
                                 file=str(d / "tokenizer.model"), rule="tokenizer readable") from None
-            except (FileNotFoundError, ValueError, OSError) as e:
-                raise TmacError(f"cannot read tokenizer.model: {e}", file=str(d / "tokenizer.model"),
-                                rule="tokenizer readable") from None
+            except _GGUF_VOCAB_ERRORS as e:
+                raise TmacError(f"cannot read tokenizer.model: {type(e).__name__}: {e}",
+                                file=str(d / "tokenizer.model"), rule="tokenizer readable") from None
             data = TokenizerData("llama", pre=pre_override or "default")
-            for text, score, ttype in vocab.all_tokens():
+            for text, score, ttype in tokens:
                 data.tokens.append(text)
                 data.scores.append(float(score))
                 data.types.append(int(ttype))
             load_merges = False
         else:
             kind = tm.get("type", "unknown")
-            raise TmacError(f"tokenizer.json holds a {kind} model with byte_fallback={tm.get('byte_fallback')}, which "
-                            "needs tokenizer.model (SentencePiece) beside it", file=str(tj_path),
+            raise TmacError(f"tokenizer.json holds a {kind!r} model with byte_fallback={tm.get('byte_fallback')!r}, "
+                            "which needs tokenizer.model (SentencePiece) beside it", file=str(tj_path),
                             rule="tokenizer readable")
-        if n_vocab is not None and int(n_vocab) > len(data.tokens):
-            for i in range(len(data.tokens), int(n_vocab)):
-                data.tokens.append(f"[PAD{i}]".encode("utf-8"))
-                data.scores.append(-1000.0)
-                data.types.append(int(gguf.TokenType.UNUSED))
+        if n_vocab is not None and n_vocab > len(data.tokens):
+            first = len(data.tokens)
+            data.tokens.extend(f"[PAD{i}]".encode("utf-8") for i in range(first, n_vocab))
+            data.scores.extend([-1000.0] * (n_vocab - first))
+            data.types.extend([int(gguf.TokenType.UNUSED)] * (n_vocab - first))
         if data.model == "gpt2":
             data.scores = []
         try:
             data.special = gguf.SpecialVocab(d, load_merges=load_merges, n_vocab=len(data.tokens))
-        except (ValueError, OSError, json.JSONDecodeError) as e:
-            raise TmacError(f"cannot read special tokens: {e}", file=str(d), rule="tokenizer readable") from None
+        except _GGUF_VOCAB_ERRORS as e:
+            raise TmacError(f"cannot read special tokens: {type(e).__name__}: {e}", file=str(d),
+                            rule="tokenizer readable") from None
         if load_merges and not data.special.merges:
             raise TmacError("BPE tokenizer without merges (llama.cpp refuses such a vocabulary)", file=str(tj_path),
                             rule="BPE merges present")
+        _check_special(data.special, str(d))
         return data
     finally:
         for s in stack:
             s.cleanup()
+
+
+def _check_special(special: gguf.SpecialVocab, file: str) -> None:
+    """What SpecialVocab passes through unchecked must still be writable: merges (from merges.txt too) as
+    strings and a chat template as a string or a list of {name, template} strings."""
+    if not all(isinstance(m, str) for m in special.merges):
+        raise TmacError("a BPE merge is not a string", file=file, rule="tokenizer.json schema")
+    t = special.chat_template
+    if isinstance(t, list) and not all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                       and isinstance(x.get("template"), str) for x in t):
+        raise TmacError("chat_template is a list whose entries are not {name, template} strings", file=file,
+                        rule="tokenizer files readable")
 
 
 def _mark_added_specials(tj: dict, data: TokenizerData) -> None:

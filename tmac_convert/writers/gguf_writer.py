@@ -29,7 +29,7 @@ from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from .encodings import TensorPlan, get_encoding
 from ..gguf_tmac import parse as parse_gguf
-from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, load_tokenizer
+from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, config_file, load_tokenizer
 
 logging.getLogger("gguf").setLevel(logging.ERROR)
 
@@ -64,7 +64,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             have.add(kv.key)
         if not carried:
             if model.config:
-                add_hparams(w, model.config, model.gguf_arch, ctx.notes)
+                add_hparams(w, model.config, model.gguf_arch, ctx.notes, config_file(model))
             w.add_type("model")
             w.add_name(_model_name(model))
             load_tokenizer(model, pre_override=ctx.tokenizer_pre, notes=ctx.notes).add_to(w)

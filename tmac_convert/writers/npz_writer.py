@@ -15,6 +15,7 @@ The file is a zip (stored, not compressed) that ``numpy.load`` opens:
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,20 @@ from .base import OutputWriter, WriteContext
 from .encodings import TensorPlan
 from .gguf_meta import CONVERTER, TMAC_FORMAT_VERSION, carried_kv, kv_to_json
 
-from ..readers.npz_container import MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION, TOKENIZER_PREFIX
+from ..readers.npz_container import (FIXED_DATE_TIME, FIXED_EXTERNAL_ATTR, MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION,
+                                      TOKENIZER_PREFIX, member_name)
+
+__all__ = ["NpzOutput", "describe", "member_name"]
 
 
-def member_name(tensor: str) -> str:
-    return tensor + ".npy"
+def _info(name: str) -> zipfile.ZipInfo:
+    """A stored member with a fixed date and mode: the bytes of the file do not depend on the clock or on the
+    dates of the source files."""
+    info = zipfile.ZipInfo(name, date_time=FIXED_DATE_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = FIXED_EXTERNAL_ATTR
+    info.create_system = 3  # unix, whatever the host, so external_attr means the same everywhere
+    return info
 
 
 class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
@@ -59,7 +69,7 @@ class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
         arr = data.reshape(-1) if entry.quantized else data.reshape(entry.shape)
-        with self.zf.open(member_name(entry.name), "w", force_zip64=True) as f:
+        with self.zf.open(_info(member_name(entry.name)), "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
         self.descriptors.append(describe(entry, verification))
         self._next += 1
@@ -71,8 +81,12 @@ class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
                             tensor=self.ctx.plan.entries[self._next].name, rule="every planned tensor written")
         for name, p in sorted(self.ctx.model.tokenizer_files.items()):
             if Path(p).is_file():
-                self.zf.write(p, TOKENIZER_PREFIX + name)
-        self.zf.writestr(MANIFEST, json.dumps(self.manifest(), indent=1, sort_keys=False))
+                if any(c in name for c in "/\\\0") or name in ("", ".", ".."):
+                    raise TmacError(f"tokenizer file name {name!r} is not a plain file name", file=str(p),
+                                    rule="npz member names are plain")
+                with open(p, "rb") as src, self.zf.open(_info(TOKENIZER_PREFIX + name), "w", force_zip64=True) as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+        self.zf.writestr(_info(MANIFEST), json.dumps(self.manifest(), indent=1, sort_keys=False))
         self.zf.close()
 
     def abort(self) -> None:
