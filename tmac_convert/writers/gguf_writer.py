@@ -112,7 +112,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if data.nbytes != entry.nbytes:
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
-        self.w.write_tensor_data(np.ascontiguousarray(data), tensor_endianess=gguf.GGUFEndian.LITTLE)
+        _write_tensor_data(self.w, np.ascontiguousarray(data))
         self._next += 1
 
     def close(self) -> None:
@@ -162,3 +162,22 @@ def _value_size(v: Any) -> int:
     if isinstance(v, (list, tuple)):
         return 12 + sum(_value_size(x) for x in v)
     return 8
+
+
+def _write_tensor_data(w: gguf.GGUFWriter, data: np.ndarray) -> None:
+    """``GGUFWriter.write_tensor_data`` for little-endian contiguous data, writing the bytes with
+    ``file.write`` instead of ``ndarray.tofile``: a Ctrl-C landing inside ``tofile`` can surface as an
+    unrelated TypeError from numpy rather than KeyboardInterrupt (seen in the random-kill test)."""
+    fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
+    if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
+        w.write_tensor_data(data, tensor_endianess=gguf.GGUFEndian.LITTLE)  # unknown gguf internals
+        return
+    fout = fouts[0]
+    info = tensors[0].pop(next(iter(tensors[0])))
+    if info.nbytes != data.nbytes:
+        raise TmacError(f"{data.nbytes} bytes for a tensor planned at {info.nbytes}", rule="tensor size matches plan")
+    w.write_padding(fout, fout.tell())
+    fout.write(memoryview(data.reshape(-1)).cast("B"))
+    w.write_padding(fout, data.nbytes)
+    w.state = gguf.gguf_writer.WriterState.WEIGHTS
+
