@@ -455,7 +455,8 @@ def _exact(name: str, qtype: gguf.GGMLQuantizationType, raw: np.ndarray, file: s
         return QuantTensor(name, codes, d, None, bits=4, group_size=32, meta={"source_type": qtype.name})
     if qtype == _Q.Q4_1:
         codes, d, m = decode_q4_1(raw)
-        zeros = (-(m.astype(np.float64) + 8.0 * d.astype(np.float64))).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf blocks are refused by QuantTensor below
+            zeros = (-(m.astype(np.float64) + 8.0 * d.astype(np.float64))).astype(np.float32)
         return QuantTensor(name, codes, d, zeros, bits=4, group_size=32, meta={"source_type": qtype.name})
     t, d = decode_tq2_0(raw) if qtype == _Q.TQ2_0 else decode_tq1_0(raw)
     if t.size and int(t.max()) > 2:
