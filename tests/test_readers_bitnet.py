@@ -159,7 +159,7 @@ def test_untied_lm_head_passes_through_as_output(tmp_path: Path) -> None:
     model, tensors = read_all(folder)
     out = next(t for t in tensors if t.name == "output.weight")
     assert isinstance(out, FloatTensor) and out.data.shape == (512, 128)
-    assert any("lm_head.weight -> output.weight" in n for n in model.notes)
+    assert any("lm_head.weight -> output.weight" in n and "refuses to load" in n for n in model.notes)
 
 
 def test_detect() -> None:

@@ -259,8 +259,9 @@ class BitNetReader(Reader, name="bitnet", priority=20):
         if name is None:
             raise TmacError(f"no llama.cpp name for this tensor in architecture {hf.gguf_arch!r}", file=file,
                             tensor=n, rule="known tensor name")
-        notes.append(f"{n} -> {name}: not in llama.cpp's {hf.gguf_arch} tensor list (its graph ties the output "
-                     "to token_embd); passed through anyway")
+        notes.append(f"warning: {n} -> {name}: not in llama.cpp's {hf.gguf_arch} tensor list (its graph ties the "
+                     "output to token_embd), so stock llama.cpp refuses to load the file; passed through for "
+                     "runtimes that use it")
         return name
 
     # -- tensors ---------------------------------------------------------------------------------
