@@ -112,6 +112,15 @@ def qk_permute_heads(gguf_name: str, gguf_arch_name: str, config: dict) -> int |
     return None
 
 
+def _half_head(rows: np.ndarray, n_head: int) -> int:
+    """Half the rows of one head; the rows must split into ``n_head`` heads of an even size."""
+    m0 = rows.shape[0]
+    if n_head <= 0 or m0 % (2 * n_head):
+        raise TmacError(f"{m0} rows cannot be split into {n_head} heads of an even size",
+                        rule="q/k permutation: rows % (2 * n_head) == 0")
+    return m0 // n_head // 2
+
+
 def permute_qk(rows: np.ndarray, n_head: int) -> np.ndarray:
     """Reorder rows (axis 0) from HF's rotate-half order to llama.cpp's interleaved-pairs order.
 
@@ -120,21 +129,15 @@ def permute_qk(rows: np.ndarray, n_head: int) -> np.ndarray:
     ``h*d + p*(d/2) + i`` moves to ``h*d + 2*i + p``: reshape ``[n_head, 2, d/2, ...]``, swap
     axes 1 and 2, reshape back.  Dtype is kept; the result is a new contiguous array.
     """
-    m0 = rows.shape[0]
-    if n_head <= 0 or m0 % (2 * n_head):
-        raise TmacError(f"{m0} rows cannot be split into {n_head} heads of an even size",
-                        rule="q/k permutation: rows % (2 * n_head) == 0")
+    half = _half_head(rows, n_head)
     tail = rows.shape[1:]
     return np.ascontiguousarray(
-        rows.reshape(n_head, 2, m0 // n_head // 2, *tail).swapaxes(1, 2).reshape(rows.shape))
+        rows.reshape(n_head, 2, half, *tail).swapaxes(1, 2).reshape(rows.shape))
 
 
 def unpermute_qk(rows: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of :func:`permute_qk` (llama.cpp order back to HF order)."""
-    m0 = rows.shape[0]
-    if n_head <= 0 or m0 % (2 * n_head):
-        raise TmacError(f"{m0} rows cannot be split into {n_head} heads of an even size",
-                        rule="q/k permutation: rows % (2 * n_head) == 0")
+    half = _half_head(rows, n_head)
     tail = rows.shape[1:]
     return np.ascontiguousarray(
-        rows.reshape(n_head, m0 // n_head // 2, 2, *tail).swapaxes(1, 2).reshape(rows.shape))
+        rows.reshape(n_head, half, 2, *tail).swapaxes(1, 2).reshape(rows.shape))
