@@ -15,9 +15,9 @@ from safetensors import safe_open
 from tmac_convert import read
 from tmac_convert.errors import TmacError
 from tmac_convert.readers.base import FloatTensor
-from tmac_convert.readers.naming import permute_qk
-from tmac_convert.readers.quantize import quantize_rtn
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.archs.naming import permute_qk
+from tmac_convert.quantize import quantize_rtn
+from tmac_convert.format.tensor import QuantTensor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

@@ -17,9 +17,9 @@ from tmac_convert.errors import TmacError
 from tmac_convert.readers.base import FloatTensor
 from tmac_convert.readers.gguf_source import (GGUFSourceReader, decode_q4_0, decode_q4_1, decode_tq1_0,
                                               decode_tq2_0, is_tmac_gguf, scan_gguf_header)
-from tmac_convert.readers.naming import is_projection
-from tmac_convert.readers.quantize import quantize_rtn
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.archs.naming import is_projection
+from tmac_convert.quantize import quantize_rtn
+from tmac_convert.format.tensor import QuantTensor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

@@ -10,7 +10,7 @@ Public surface (plain numpy arrays in and out):
 from .errors import LayoutError, TmacError, VerificationError
 from .layouts import (Kcfg, KernelConfig, TileConfig, blob_nbytes, default_tiles, load_kcfg, load_preset, pack,
                       preset_names, unpack)
-from .tensor import QuantTensor
+from .format.tensor import QuantTensor
 from .readers import read
 
 __version__ = "0.1.0"

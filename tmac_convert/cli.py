@@ -235,7 +235,7 @@ def inspect_cmd(
     full: bool = typer.Option(False, "--full", help="Show metadata arrays and long strings in full."),
 ) -> None:
     """Show what FILE holds: tensors, types (T-MAC ids read correctly), tiles, sizes, metadata."""
-    from .describe import describe_file
+    from .inspect_file import describe_file
 
     with _errors():
         d = describe_file(file, full_metadata=full)
@@ -286,7 +286,7 @@ def verify_cmd(
     act_order: Optional[str] = typer.Option(None, "--act-order", help="Reader option for the source."),
 ) -> None:
     """Re-check FILE (structure, kcfg, kernel check; with --source, byte equality). Exit 1 on any mismatch."""
-    from .filecheck import verify_file
+    from .verify_file import verify_file
 
     with _errors():
         fopts: dict[str, Any] = {}

@@ -22,15 +22,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import TmacError, VerificationError
-from .gguf_tmac import DEFAULT_RUNTIME, get_runtime
+from .format.runtime import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
 from .parallel import cpu_count
 from .pipeline import run_pipeline
 from .readers.base import SourceModel, Tensor, TensorInfo
-from .tensor import QuantTensor
+from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
-from .writers.encodings import TensorPlan, get_encoding
+from .format.encodings import TensorPlan, get_encoding
 from .writers.gguf_meta import extra_tensors
 from .writers.plan import plan_model
 
@@ -210,7 +210,7 @@ def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
     if verify and e.encoding != "tmac":
         result = enc.check(t, data, e)
     elif verify:
-        from .verify import check, verify_tensor
+        from .proof import check, verify_tensor
 
         k = e.shape[1]
         ags = k if act_group_size == -1 else act_group_size
@@ -260,7 +260,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         tokenizer_pre: ``tokenizer.ggml.pre`` when the pre-tokenizer cannot be recognised.
         progress: called with a :class:`ProgressUpdate` after each tensor.
         out_type: ``tmac`` (T-MAC ``I`` types), or a stock llama.cpp type for the projections (``q4_0``,
-            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.writers.stock`): the
+            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.format.stock`): the
             same GGUF otherwise, without kcfg, tiles or ``tmac.*`` keys.
         allow_lossy: with a stock type, re-quantise tensors whose codes it cannot hold (else refused).
         reader_options: passed to the reader (e.g. ``gptq_format``).
@@ -279,7 +279,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")
     stock = out_type != "tmac"
     if stock:
-        from .writers.stock import encoding_name, plan_stock
+        from .format.stock import encoding_name, plan_stock
 
         encoding_name(out_type, lossy=allow_lossy)  # an unknown type is refused here
         if format != "gguf":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import LayoutError
-from ..tensor import SUPPORTED_BITS
+from ..format.tensor import SUPPORTED_BITS
 
 MGROUP = 32  # 2 * simd_n_in: rows paired into one byte (low and high nibble)
 SIMD_N_IN = 16

@@ -2,7 +2,7 @@
 
 Readers register themselves by subclassing :class:`Reader` with a ``name`` (the same pattern as the
 ``gguf`` package's quant classes), so adding a source format touches one module.  Readers never know
-about layouts: they yield :class:`~tmac_convert.tensor.QuantTensor` (codes, scales, zero offsets) and
+about layouts: they yield :class:`~tmac_convert.format.tensor.QuantTensor` (codes, scales, zero offsets) and
 :class:`FloatTensor` (weights that pass through), in GGUF naming and GGUF row order.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Iterator, Union
 
 import numpy as np
 
-from ..tensor import QuantTensor
+from ..format.tensor import QuantTensor
 
 
 @dataclass

@@ -16,7 +16,7 @@ Exact mappings to T-MAC's value convention ``W = (q - 2**(b-1)) * s - z'`` (no r
 
 Everything else that ``gguf.quants.dequantize`` understands (F32, F16, BF16, Q8_0, Q5_x, the
 K-quants, IQ types...) is dequantised to float32; attention/MLP projections are then re-quantised
-by round-to-nearest (:func:`~tmac_convert.readers.quantize.quantize_rtn`) at the requested
+by round-to-nearest (:func:`~tmac_convert.quantize.quantize_rtn`) at the requested
 ``bits`` / ``group_size`` / ``zero_point`` (defaults as the HF float reader: 4-bit, group 128,
 asymmetric) and the model's ``notes`` say so, with each tensor's error.  Other tensors
 (embeddings, norms, output) pass through as float (F16/F32 as stored, everything else float32).
@@ -27,7 +27,7 @@ Files written by tmac-convert itself (T-MAC ``I1..I4`` types, ``tmac.*`` metadat
 claimed here (:func:`is_tmac_gguf`): the T-MAC reader takes them.
 
 Robustness: before ``GGUFReader`` sees a file, :func:`scan_gguf_header` walks the header with
-the shared bounded parser (:mod:`tmac_convert.gguf_header`: counts, string and array lengths,
+the shared bounded parser (:mod:`tmac_convert.format.gguf_file`: counts, string and array lengths,
 dimensions, alignment) and checks types and every tensor's data inside the file and not
 overlapping another, so truncated or lying files fail with a
 :class:`TmacError` naming the file, tensor and rule instead of an arbitrary exception or a hang.
@@ -44,13 +44,13 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_header import GGUF_MAGIC, GGUFFile, is_gguf, parse_header
-from ..tensor import QuantTensor
+from ..format.gguf_file import GGUF_MAGIC, GGUFFile, is_gguf, parse_header
+from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gguf_blocks import decode_q4_0, decode_q4_1, decode_tq1_0, decode_tq2_0
 from .hf_float import rtn_settings
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 
 __all__ = ["GGUF_MAGIC", "TMAC_KEY_PREFIX", "TMAC_TYPE_IDS", "GGUFTensorRecord", "GGUFHeader", "scan_gguf_header",
            "is_tmac_gguf", "GGUFSourceReader", "decode_q4_0", "decode_q4_1", "decode_tq2_0", "decode_tq1_0"]
@@ -143,7 +143,7 @@ def _type_sizes(type_id: int) -> tuple[int, int] | None:
 def scan_gguf_header(path: str | Path) -> GGUFHeader:
     """Walk a GGUF header with bounds checks; raise :class:`TmacError` for anything malformed.
 
-    :func:`~tmac_convert.gguf_header.parse_header` checks the structure (magic, version, counts,
+    :func:`~tmac_convert.format.gguf_file.parse_header` checks the structure (magic, version, counts,
     string and array lengths, value types, alignment, dimensions, aligned offsets, duplicate names);
     :func:`_check_tensors` adds type ids (known to gguf, or T-MAC's), row lengths a multiple of the
     type's block, and every tensor's data inside the file and not overlapping another.  T-MAC files

@@ -26,13 +26,13 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..tensor import QuantTensor
+from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint
 
 ACT_ORDER_CHOICES = ("refuse", "requantize")

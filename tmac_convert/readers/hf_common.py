@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError
-from . import naming
+from ..archs import naming
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import TmacError
-from ..tensor import SUPPORTED_BITS
+from ..format.tensor import SUPPORTED_BITS
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint, checkpoint_files
 
 DEFAULTS: dict[str, Any] = {"bits": 4, "group_size": 128, "zero_point": True}

@@ -26,11 +26,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_tmac import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.runtime import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
 from ..layouts import Kcfg, TileConfig, load_kcfg
 from ..layouts.constraints import check_layout
 from .base import Reader, SourceModel, Tensor, TensorInfo
-from .npz_container import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
+from ..format.npz import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
                             read_member, read_raw_member)
 
 # The T-MAC-only type ids of each numbering (30 and 39 are also stock BF16 / MXFP4: not evidence alone).
@@ -39,7 +39,7 @@ _TMAC_ONLY = {"tmac": frozenset({36, 37, 38}), "aug2024": frozenset({31, 32, 33}
 
 def _plan_types():
     # imported late: the writers package imports the readers package
-    from ..writers.encodings import TensorPlan, encoding_for_type, get_encoding
+    from ..format.encodings import TensorPlan, encoding_for_type, get_encoding
     return TensorPlan, encoding_for_type, get_encoding
 
 

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_tmac import Runtime
+from ..format.runtime import Runtime
 from ..readers.base import SourceModel
-from .encodings import TensorPlan
+from ..format.encodings import TensorPlan
 from .plan import ModelPlan
 
 

@@ -6,7 +6,7 @@
   :class:`gguf.vocab.SentencePieceVocab`, :class:`gguf.vocab.SpecialVocab`); ``tokenizer.ggml.pre``
   is chosen from the pre-tokenizer in ``tokenizer.json`` and an unknown one is an error, since a
   wrong or missing value silently degrades tokenisation.
-* For a GGUF source every key/value carries over with its type (parsed by :mod:`tmac_convert.gguf_tmac`).
+* For a GGUF source every key/value carries over with its type (parsed by :mod:`tmac_convert.format.runtime`).
 * The ``tmac.*`` keys make the file self-describing (see :class:`TmacMeta`).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TmacError
-from ..gguf_tmac import KV, parse as parse_gguf, is_gguf
+from ..format.runtime import KV, parse as parse_gguf, is_gguf
 from ..readers.base import FloatTensor, SourceModel
 
 log = logging.getLogger(__name__)

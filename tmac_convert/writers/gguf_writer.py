@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
-from .encodings import TensorPlan, get_encoding
-from ..gguf_tmac import parse as parse_gguf
+from ..format.encodings import TensorPlan, get_encoding
+from ..format.runtime import parse as parse_gguf
 from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, config_file, load_tokenizer
 
 logging.getLogger("gguf").setLevel(logging.ERROR)
@@ -74,7 +74,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if gguf.Keys.General.QUANTIZATION_VERSION not in have:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if ctx.plan.stock:  # a stock llama.cpp file: its block type, and no tmac.* keys
-            from .stock import FILE_TYPES
+            from ..format.stock import FILE_TYPES
 
             w.add_file_type(int(FILE_TYPES[ctx.plan.stock]))
         else:

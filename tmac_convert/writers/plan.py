@@ -14,7 +14,7 @@ from ..layouts import Kcfg, KernelConfig, TileConfig, default_tiles
 from ..layouts.constraints import check_act_group
 from ..layouts.kcfg import DEFAULT_ACT_GROUP
 from ..readers.base import TensorInfo
-from .encodings import TensorPlan, get_encoding
+from ..format.encodings import TensorPlan, get_encoding
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Files can be hostile: every count, length and offset is checked against the file size before
 anything is allocated, and every failure is a :class:`TmacError` naming the file, the rule and,
 where there is one, the tensor.  Callers add their own checks over the records
-(:func:`tmac_convert.gguf_tmac.parse` for T-MAC files, ``scan_gguf_header`` for GGUF sources).
+(:func:`tmac_convert.format.runtime.parse` for T-MAC files, ``scan_gguf_header`` for GGUF sources).
 
 Layout of a GGUF v2/v3 file: magic ``GGUF``, u32 version, u64 tensor count, u64 kv count, the
 key/values, the tensor infos (name, u32 n_dims, u64 ``ne[n_dims]``, u32 type, u64 offset relative
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TmacError
+from ..errors import TmacError
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS

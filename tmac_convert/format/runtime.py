@@ -2,7 +2,7 @@
 
 The ``gguf`` package knows 30 as BF16, 39 as MXFP4 and nothing of 36-38, while T-MAC's forks use
 these numbers for ``I1..I4`` (section 3.1 of the format notes).  This module parses a GGUF file's
-header with the bounded parser of :mod:`tmac_convert.gguf_header` (re-exported here: ``parse``,
+header with the bounded parser of :mod:`tmac_convert.format.gguf_file` (re-exported here: ``parse``,
 ``GGUFFile``, ``TensorRecord``, ``KV``, ``is_gguf``), places each tensor in the file, and names
 tensor types in the context of a :class:`Runtime`.  It is shared by the T-MAC file reader and
 ``tmac-convert inspect``.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from .errors import TmacError
-from .gguf_header import GGUF_MAGIC, KV, MAX_DIMS, GGUFFile, TensorRecord, is_gguf, parse_header
+from ..errors import TmacError
+from .gguf_file import GGUF_MAGIC, KV, MAX_DIMS, GGUFFile, TensorRecord, is_gguf, parse_header
 
 __all__ = ["GGUF_MAGIC", "KV", "MAX_DIMS", "GGUFFile", "TensorRecord", "Runtime", "RUNTIMES", "DEFAULT_RUNTIME",
            "get_runtime", "is_gguf", "parse", "standard_nbytes", "type_name", "gguf_type_label", "read_bytes"]
@@ -62,7 +62,7 @@ def get_runtime(name: str) -> Runtime:
 def parse(path: str | os.PathLike) -> GGUFFile:
     """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
 
-    :func:`~tmac_convert.gguf_header.parse_header` with, on top, what reading T-MAC files needs:
+    :func:`~tmac_convert.format.gguf_file.parse_header` with, on top, what reading T-MAC files needs:
     little-endian, the data section and every tensor's start inside the file, no two tensors at the
     same offset, and each tensor's ``span`` (bytes to the next tensor or the end of the file).
     Raises :class:`TmacError` for anything malformed.

@@ -3,7 +3,7 @@
 Used for float checkpoints (HF safetensors, GGUF F16/BF16/F32 and other GGUF types that need
 re-quantising) and for re-quantising act-order GPTQ checkpoints to contiguous groups.
 
-Convention (see :class:`~tmac_convert.tensor.QuantTensor`): codes ``q`` in ``[0, 2**b)``, implicit
+Convention (see :class:`~tmac_convert.format.tensor.QuantTensor`): codes ``q`` in ``[0, 2**b)``, implicit
 zero ``2**(b-1)``, ``W ~= (q - 2**(b-1)) * s - z'``.
 
 * Symmetric (``zero_point=False``), GPTQ's symmetric rule: ``s = 2*max|w| / (2**b - 1)``,
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TmacError
-from ..tensor import SUPPORTED_BITS, QuantTensor
+from .errors import TmacError
+from .format.tensor import SUPPORTED_BITS, QuantTensor
 
 _CHUNK_ELEMS = 1 << 19  # rows are processed in blocks of about this many weights (bounded memory)
 

@@ -22,10 +22,10 @@ import numpy as np
 from ..errors import TmacError
 from ..layouts import TileConfig, blob_nbytes, pack, unpack
 from ..readers.base import FloatTensor, Tensor
-from ..tensor import QuantTensor
+from .tensor import QuantTensor
 
 if TYPE_CHECKING:
-    from ..gguf_tmac import Runtime
+    from .runtime import Runtime
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Encoding:
 
         Returns an object with ``nmse`` and ``max_abs_err`` (for the report), or None when the encoding
         has nothing to prove (a float cast).  T-MAC blobs are checked by the kernel instead (the
-        pipeline calls :func:`tmac_convert.verify.verify_tensor`, which needs the activation group).
+        pipeline calls :func:`tmac_convert.proof.verify_tensor`, which needs the activation group).
         """
         return None
 

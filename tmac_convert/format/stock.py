@@ -52,13 +52,13 @@ import numpy as np
 
 from ..errors import TmacError, VerificationError
 from ..readers.base import FloatTensor, Tensor, TensorInfo
-from ..readers.naming import is_projection
-from ..tensor import QuantTensor
+from ..archs.naming import is_projection
+from .tensor import QuantTensor
 from .encodings import Encoding, TensorPlan, _FloatEncoding
 
 if TYPE_CHECKING:
-    from ..gguf_tmac import Runtime
-    from .plan import ModelPlan
+    from .runtime import Runtime
+    from ..writers.plan import ModelPlan
 
 _Q = gguf.GGMLQuantizationType
 F16_EPS = 2.0 ** -11        # half an ulp of float16, relative
@@ -515,7 +515,7 @@ def plan_stock(infos: list[TensorInfo], stock: str, *, allow_lossy: bool = False
     """
     from ..layouts import Kcfg
     from .encodings import get_encoding
-    from .plan import ModelPlan, float_encoding_for
+    from ..writers.plan import ModelPlan, float_encoding_for
 
     name = encoding_name(stock, lossy=allow_lossy)
     entries, cannot, lossy = [], [], []

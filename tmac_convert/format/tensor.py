@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import TmacError
+from ..errors import TmacError
 
 SUPPORTED_BITS = (1, 2, 3, 4)
 

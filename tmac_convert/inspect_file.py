@@ -1,6 +1,6 @@
 """``tmac-convert inspect``: what is inside a GGUF or tmac-convert npz file, as plain data.
 
-For GGUF files the header is parsed by :mod:`tmac_convert.gguf_tmac`, so T-MAC type ids are named
+For GGUF files the header is parsed by :mod:`tmac_convert.format.runtime`, so T-MAC type ids are named
 ``I1..I4`` (the ``gguf`` package calls 39 MXFP4, 30 BF16 and knows nothing of 36-38; both names are
 shown).  For T-MAC files each quantised tensor's tiles come from the ``tmac.*`` keys and its byte
 size is recomputed from them; the embedded kcfg is checked against every tensor.  Problems are
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TmacError
-from .gguf_tmac import RUNTIMES, gguf_type_label, is_gguf, parse, standard_nbytes, type_name
+from .format.runtime import RUNTIMES, gguf_type_label, is_gguf, parse, standard_nbytes, type_name
 from .layouts import Kcfg
 
 _ARRAY_PREVIEW = 8

@@ -1,0 +1,1 @@
+"""tmac_convert.format"""
