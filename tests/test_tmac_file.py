@@ -147,7 +147,7 @@ def test_truncated_gguf_is_refused(written, tmp_path):
 
 def _rewrite_kv(src: Path, dst: Path, edit) -> None:
     """Re-emit a GGUF with its key/values changed by ``edit(dict)`` (tensors copied byte for byte)."""
-    from tmac_convert.writers.gguf_meta import add_kv
+    from tmac_convert.format.kv import add_kv
 
     gf = parse(src)
     kvs = dict(gf.kv)

@@ -31,7 +31,7 @@ from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
 from .format.encodings import TensorPlan, get_encoding
-from .writers.gguf_meta import extra_tensors
+from .archs.hparams import extra_tensors
 from .writers.plan import plan_model
 
 VERIFY_SEED = 0

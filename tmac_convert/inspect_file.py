@@ -70,7 +70,7 @@ def _describe_gguf(p: Path, full: bool) -> dict[str, Any]:
             model = reader.open(p)
             runtime = RUNTIMES[model.quantization["runtime"]]
             plans = {pl.name: pl for pl in reader.plans(model)}
-            from .writers.gguf_meta import TmacMeta
+            from .format.tmac_keys import TmacMeta
 
             meta = TmacMeta.from_kv(gf.kv, str(p))
             if meta is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import TmacError
 from ..layouts import TileConfig, blob_nbytes, pack, unpack
-from ..readers.base import FloatTensor, Tensor
+from .tensor import FloatTensor, Tensor
 from .tensor import QuantTensor
 
 if TYPE_CHECKING:

@@ -51,7 +51,7 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError, VerificationError
-from ..readers.base import FloatTensor, Tensor, TensorInfo
+from .tensor import FloatTensor, Tensor, TensorInfo
 from ..archs.naming import is_projection
 from .tensor import QuantTensor
 from .encodings import Encoding, TensorPlan, _FloatEncoding

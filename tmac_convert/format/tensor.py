@@ -1,8 +1,14 @@
-"""The intermediate form every reader yields and every layout consumes."""
+"""The intermediate form every reader yields and every layout consumes.
+
+* :class:`QuantTensor`: codes, scales and zero offsets of a quantised matrix (T-MAC's value convention);
+* :class:`FloatTensor`: a tensor that passes through unquantised;
+* :class:`TensorInfo`: what is known of a tensor before it is loaded.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 
@@ -108,3 +114,37 @@ class QuantTensor:
             if self.zeros is not None:
                 w -= np.repeat(self.zeros.astype(np.float64), self.group_size, axis=1)
         return w.astype(dtype, copy=False)
+
+
+@dataclass
+class FloatTensor:
+    """A tensor that passes through unquantised.
+
+    Attributes:
+        name: GGUF tensor name (e.g. ``token_embd.weight``, ``blk.0.attn_norm.weight``).
+        data: float16 or float32 array in numpy (row-major, HF) shape, already in GGUF row order.
+        quantizable: True for an attention/MLP projection that a float source may quantise.
+    """
+
+    name: str
+    data: np.ndarray
+    quantizable: bool = False
+
+
+Tensor = Union[QuantTensor, FloatTensor]
+
+
+@dataclass
+class TensorInfo:
+    """What a reader knows about a tensor before loading it (for planning, progress and kcfg checks).
+
+    ``shape`` is ``(M0, K)`` for quantised tensors, the numpy shape otherwise; ``bits`` is None for float.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int | None = None
+    group_size: int | None = None
+    zero_point: bool = False
+    per_tensor_scale: bool = False
+    nbytes: int = 0  # bytes the source stores for it

@@ -370,7 +370,8 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         if rtn_types:
             quant.update({"bits": bits, "group_size": gs, "zero_point": zp, "method": "rtn"})
         model = SourceModel(path=path, format="gguf", architecture=arch, gguf_arch=arch, config={},
-                            quantization=quant, tokenizer_files={}, gguf_metadata=metadata, notes=notes,
+                            quantization=quant, tokenizer_files={}, gguf_metadata=metadata,
+                            gguf_kv=list(header.parsed.kv.values()), notes=notes,
                             _reader=self)
         self._state = {"header": header, "reader": reader, "plans": plans, "value_types": value_types,
                        "rtn": (bits, gs, zp)}

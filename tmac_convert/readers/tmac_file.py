@@ -26,6 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
+from ..format.kv import kv_from_json
+from ..format.tmac_keys import TMAC_KEY_PREFIX, TmacMeta
 from ..format.runtime import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
 from ..layouts import Kcfg, TileConfig, load_kcfg
 from ..layouts.constraints import check_layout
@@ -103,8 +105,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     # -- GGUF ------------------------------------------------------------------------------------
 
     def _open_gguf(self, p: Path) -> SourceModel:
-        from ..writers.gguf_meta import TmacMeta
-
         TensorPlan, encoding_for_type, get_encoding = _plan_types()
         gf = parse(p)
         file = str(p)
@@ -159,7 +159,9 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         self._state = _GGUFState(gf, runtime, plans, {r.name: r for r in gf.tensors})
         notes = [f"T-MAC GGUF ({runtime.name} type ids)" + ("" if meta else ", tiles from the given kcfg")]
         return SourceModel(path=p, format="tmac-gguf", architecture=arch, gguf_arch=arch, config={},
-                           quantization=q, tokenizer_files={}, gguf_metadata=metadata, notes=notes, _reader=self)
+                           quantization=q, tokenizer_files={}, gguf_metadata=metadata,
+                           gguf_kv=[kv for k, kv in gf.kv.items() if not k.startswith(TMAC_KEY_PREFIX)], notes=notes,
+                           _reader=self)
 
     def _quant_plan(self, TensorPlan, rec: TensorRecord, runtime: Runtime, meta, kc: Kcfg | None, file: str):
         if len(rec.ne) != 2:
@@ -238,7 +240,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         tok_dir = _extract_tokenizer(p, man.get("tokenizer_files") or [], self)
         gm = man.get("gguf_metadata")
         if gm is not None:
-            from ..writers.gguf_meta import kv_from_json
             try:
                 self._kv = [kv_from_json(d) for d in gm]
             except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -250,13 +251,8 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         return SourceModel(path=p, format="tmac-npz", architecture=man["architecture"], gguf_arch=man["gguf_arch"],
                            config=dict(man.get("config") or {}), quantization=q, tokenizer_files=tok_dir,
                            gguf_metadata=None if gm is None else {kv.key: kv.value for kv in self._kv},
+                           gguf_kv=None if gm is None else list(self._kv),
                            notes=["tmac-convert npz"], _reader=self)
-
-    def gguf_kv(self, model: SourceModel) -> list:
-        """The source's GGUF key/values with their types (minus ``tmac.*``), for writers to carry over."""
-        if model.format == "tmac-gguf":
-            return [kv for k, kv in self._state.gf.kv.items() if not k.startswith("tmac.")]
-        return list(getattr(self, "_kv", []))
 
     # -- tensors ---------------------------------------------------------------------------------
 

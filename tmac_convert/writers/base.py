@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import TmacError
 from ..format.runtime import Runtime
-from ..readers.base import SourceModel
+from ..format.model import SourceModel
 from ..format.encodings import TensorPlan
 from .plan import ModelPlan
 

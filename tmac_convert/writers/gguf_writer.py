@@ -3,7 +3,7 @@
 Contents of a file:
 
 * key/values: ``general.architecture``; for an HF source the hyper-parameters from ``config.json``
-  and the tokenizer (see :mod:`.gguf_meta`); for a GGUF source every key/value of the source, typed as
+  and the tokenizer (see :mod:`.tokenizer`, :mod:`tmac_convert.archs.hparams`); for a GGUF source every key/value of the source, typed as
   there; ``general.file_type`` of the target runtime (38 for T-MAC's pinned fork, 32 for the August
   2024 fork; 1 = mostly F16 when nothing is quantised); the ``tmac.*`` keys with the embedded kcfg.
 * tensor infos: quantised projections as T-MAC ``I{bits}`` with GGUF dims ``[K, M0]`` and the
@@ -29,7 +29,10 @@ from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.encodings import TensorPlan, get_encoding
 from ..format.runtime import parse as parse_gguf
-from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, config_file, load_tokenizer
+from ..archs.hparams import add_hparams, config_file
+from ..format.kv import add_kv, carried_kv
+from ..format.tmac_keys import CONVERTER, TmacMeta
+from .tokenizer import load_tokenizer
 
 logging.getLogger("gguf").setLevel(logging.ERROR)
 

@@ -26,7 +26,8 @@ from ..errors import TmacError
 from ..layouts import scales_count
 from .base import OutputWriter, WriteContext
 from ..format.encodings import TensorPlan
-from .gguf_meta import CONVERTER, TMAC_FORMAT_VERSION, carried_kv, kv_to_json
+from ..format.kv import carried_kv, kv_to_json
+from ..format.tmac_keys import CONVERTER, TMAC_FORMAT_VERSION
 
 from ..format.npz import (FIXED_DATE_TIME, FIXED_EXTERNAL_ATTR, MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION,
                                       TOKENIZER_PREFIX, member_name)

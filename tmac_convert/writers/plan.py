@@ -13,7 +13,7 @@ from ..errors import LayoutError, TmacError
 from ..layouts import Kcfg, KernelConfig, TileConfig, default_tiles
 from ..layouts.constraints import check_act_group
 from ..layouts.kcfg import DEFAULT_ACT_GROUP
-from ..readers.base import TensorInfo
+from ..format.tensor import TensorInfo
 from ..format.encodings import TensorPlan, get_encoding
 
 
