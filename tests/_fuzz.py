@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import tmac_convert
 from tmac_convert.errors import TmacError
-from tmac_convert.format.runtime import KV, parse
+from tmac_convert.format import KV, parse
 from tmac_convert.readers.base import FloatTensor
 from tmac_convert.format.tensor import QuantTensor
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tmac_convert.format.runtime import parse
+from tmac_convert.format import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tmac_convert.format.runtime import KV, parse
+from tmac_convert.format import KV, parse
 from tmac_convert.readers.base import FloatTensor
 from tmac_convert.format.tensor import QuantTensor
 

@@ -221,7 +221,7 @@ def test_a_corrupt_npz_member_is_a_tmac_error(tmp_path):
 
 
 def test_a_non_string_tmac_runtime_is_a_tmac_error(tmp_path):
-    from tmac_convert.format.runtime import KV
+    from tmac_convert.format import KV
 
     out = tmp_path / "m.gguf"
     convert(FIX / "gptq_3bit", out, verify=False)

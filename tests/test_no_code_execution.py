@@ -231,7 +231,7 @@ def test_gguf_string_metadata_that_looks_like_code_is_carried_as_text(tmp_path):
     src = tmp_path / "src.gguf"
     src.write_bytes(im.to_bytes())
     convert(src, tmp_path / "out.gguf", verify=False)
-    from tmac_convert.format.runtime import parse
+    from tmac_convert.format import parse
 
     assert parse(tmp_path / "out.gguf").get("general.name") == CODE.format(str(canary))
     assert not canary.exists()

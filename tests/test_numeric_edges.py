@@ -23,7 +23,7 @@ import tmac_convert
 from tmac_convert import QuantTensor, pack, unpack
 from tmac_convert.convert import convert
 from tmac_convert.errors import LayoutError, TmacError, VerificationError
-from tmac_convert.format.runtime import parse
+from tmac_convert.format import parse
 from tmac_convert.layouts import default_tiles
 from tmac_convert.layouts.format_a import pack_weights_numpy
 from tmac_convert.quantize import quantize_rtn

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tmac_convert import pack
 from tmac_convert.convert import convert
 from tmac_convert.errors import TmacError
-from tmac_convert.format.runtime import parse, type_name, RUNTIMES
+from tmac_convert.format import parse, type_name, RUNTIMES
 from tmac_convert.layouts import Kcfg, KernelConfig, TileConfig
 from tmac_convert.readers import detect, read
 from tmac_convert.format.tensor import QuantTensor
@@ -175,7 +175,7 @@ def _rewrite_kv(src: Path, dst: Path, edit) -> None:
 
 
 def test_inconsistent_tmac_keys_are_refused(written, tmp_path):
-    from tmac_convert.format.runtime import KV
+    from tmac_convert.format import KV
 
     _, g, _ = written
 

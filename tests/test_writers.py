@@ -17,7 +17,7 @@ import pytest
 from tmac_convert import pack
 from tmac_convert.convert import convert, kcfg_path_for
 from tmac_convert.errors import TmacError
-from tmac_convert.format.runtime import RUNTIMES, parse
+from tmac_convert.format import RUNTIMES, parse
 from tmac_convert.layouts import Kcfg, blob_nbytes, default_tiles
 from tmac_convert.readers.base import FloatTensor
 from tmac_convert.format.tensor import QuantTensor

@@ -15,7 +15,7 @@ import pytest
 
 from tmac_convert import pack
 from tmac_convert.convert import convert
-from tmac_convert.format.runtime import RUNTIMES, parse
+from tmac_convert.format import RUNTIMES, parse
 from tmac_convert.layouts import Kcfg, blob_nbytes
 from tmac_convert.readers import read
 from tmac_convert.format.tensor import QuantTensor

@@ -218,7 +218,7 @@ def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
         result = verify_tensor(t, data, bm=e.tiles.bm, kfactor=e.tiles.kfactor, act_group_size=ags,
                                seed=VERIFY_SEED, threads=1)
         check(result)
-    return e, data, result
+    return e, data, result, (t.meta.get("note") if isinstance(t, QuantTensor) else None)
 
 
 def _figure(result: Any, name: str) -> float | None:
@@ -343,8 +343,11 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         writer.open(tmp[out_path])
         try:
             work = partial(_work, verify=verify, act_group_size=plan.act_group_size)
-            for n, (e, data, result) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
+            tensor_notes: list[str] = []
+            for n, (e, data, result, note) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
                 writer.write(e, data, result)
+                if note:
+                    tensor_notes.append(note)
                 done_bytes += e.nbytes
                 report.tensors.append(TensorReport(
                     e.name, _type_label(e), tuple(e.shape), e.src_nbytes, e.nbytes,
@@ -360,7 +363,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         writer.check_written(tmp[out_path])
         if kcfg_out is not None:
             tmp[kcfg_out].write_text(kcfg_text)
-    report.notes = list(model.notes) + ctx.notes  # readers may add notes while streaming
+    report.notes = list(model.notes) + tensor_notes + ctx.notes
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .errors import TmacError
-from .format.runtime import RUNTIMES, gguf_type_label, is_gguf, parse, standard_nbytes, type_name
+from .format.gguf_file import is_gguf, parse, standard_nbytes
+from .format.runtime import RUNTIMES, gguf_type_label, type_name
 from .layouts import Kcfg
 
 _ARRAY_PREVIEW = 8

@@ -1,36 +1,36 @@
-"""Low-level GGUF parsing that understands T-MAC's type ids (the ``gguf`` package mislabels them).
+"""The T-MAC type-id table: each runtime (T-MAC llama.cpp fork) with its ``I1..I4`` ids and file type.
 
 The ``gguf`` package knows 30 as BF16, 39 as MXFP4 and nothing of 36-38, while T-MAC's forks use
-these numbers for ``I1..I4`` (section 3.1 of the format notes).  This module parses a GGUF file's
-header with the bounded parser of :mod:`tmac_convert.format.gguf_file` (re-exported here: ``parse``,
-``GGUFFile``, ``TensorRecord``, ``KV``, ``is_gguf``), places each tensor in the file, and names
-tensor types in the context of a :class:`Runtime`.  It is shared by the T-MAC file reader and
-``tmac-convert inspect``.
+these numbers for ``I1..I4`` (section 3.1 of the format notes).  This is the one place those numbers
+are written down; everything else (the GGUF parser, readers, writers, ``inspect``, the CLI) asks
+:data:`RUNTIMES`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import gguf
-import numpy as np
 
 from ..errors import TmacError
-from .gguf_file import GGUF_MAGIC, KV, MAX_DIMS, GGUFFile, TensorRecord, is_gguf, parse_header
 
-__all__ = ["GGUF_MAGIC", "KV", "MAX_DIMS", "GGUFFile", "TensorRecord", "Runtime", "RUNTIMES", "DEFAULT_RUNTIME",
-           "get_runtime", "is_gguf", "parse", "standard_nbytes", "type_name", "gguf_type_label", "read_bytes"]
+__all__ = ["Runtime", "RUNTIMES", "DEFAULT_RUNTIME", "TMAC_ONLY_TYPE_IDS", "get_runtime", "type_name",
+           "gguf_type_label"]
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """A T-MAC llama.cpp fork as a target: its ``GGML_TYPE_I{bits}`` ids and its ``general.file_type``."""
+    """A T-MAC llama.cpp fork as a target: its ``GGML_TYPE_I{bits}`` ids and its ``general.file_type``.
+
+    ``exclusive_ids`` are the ids no stock ggml type uses (so a tensor of one of them marks a T-MAC
+    file by itself); the others (30 = BF16, 39 = MXFP4) are told apart only by ``tmac.*`` metadata.
+    """
 
     name: str
     type_ids: dict[int, int]  # bits -> ggml type id
     file_type: int
     description: str
+    exclusive_ids: frozenset[int] = frozenset()
 
     def bits_of(self, type_id: int) -> int | None:
         """The bit width a type id stands for in this runtime, or None for a non-T-MAC type."""
@@ -43,12 +43,15 @@ class Runtime:
 RUNTIMES: dict[str, Runtime] = {
     "tmac": Runtime("tmac", {1: 36, 2: 37, 3: 38, 4: 39}, 38,
                     "T-MAC's pinned llama.cpp fork (kaleid-liner master-rebased, Oct 2024 on): I1..I4 = 36..39, "
-                    "file type 38 (INT_N)"),
+                    "file type 38 (INT_N)", frozenset({36, 37, 38})),
     "aug2024": Runtime("aug2024", {1: 31, 2: 30, 3: 32, 4: 33}, 32,
                        "the August 2024 fork (kaleid-liner master@70c312d): I2 = 30, I1 = 31, I3 = 32, I4 = 33, "
-                       "file type 32 (IN)"),
+                       "file type 32 (IN)", frozenset({31, 32, 33})),
 }
 DEFAULT_RUNTIME = "tmac"
+
+#: Type ids that only T-MAC forks use (any of them marks a GGUF as a T-MAC file).
+TMAC_ONLY_TYPE_IDS: frozenset[int] = frozenset().union(*(r.exclusive_ids for r in RUNTIMES.values()))
 
 
 def get_runtime(name: str) -> Runtime:
@@ -59,56 +62,9 @@ def get_runtime(name: str) -> Runtime:
         raise TmacError(f"unknown runtime {name!r}; runtimes: {', '.join(RUNTIMES)}", rule="runtime name") from None
 
 
-def parse(path: str | os.PathLike) -> GGUFFile:
-    """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
-
-    :func:`~tmac_convert.format.gguf_file.parse_header` with, on top, what reading T-MAC files needs:
-    little-endian, the data section and every tensor's start inside the file, no two tensors at the
-    same offset, and each tensor's ``span`` (bytes to the next tensor or the end of the file).
-    Raises :class:`TmacError` for anything malformed.
-    """
-    f = parse_header(path)
-    if f.big_endian:
-        raise f.fail("big-endian GGUF files are not supported", "little-endian GGUF")
-    _place_tensors(f)
-    return f
-
-
-def _place_tensors(f: GGUFFile) -> None:
-    """Check that the data section and each tensor start inside the file and give each its ``span``."""
-    size = f.file_size
-    if f.data_offset > size:
-        raise f.fail(f"the data section starts at byte {f.data_offset}, past the end of the file ({size} bytes)",
-                     "GGUF structure")
-    order = sorted(f.tensors, key=lambda t: t.rel_offset)
-    for j, t in enumerate(order):
-        if t.offset > size:
-            raise f.fail(f"tensor {t.name!r} starts at byte {t.offset}, past the end of the file ({size} bytes)",
-                         "GGUF structure", t.name)
-        nxt = order[j + 1].offset if j + 1 < len(order) else size
-        if nxt == t.offset and j + 1 < len(order):
-            raise f.fail(f"tensors {t.name!r} and {order[j + 1].name!r} start at the same offset", "GGUF structure",
-                         t.name)
-        t.span = min(nxt, size) - t.offset
-
-
-# ---------------------------------------------------------------------------------------------
-# tensor types
-
-def standard_nbytes(type_id: int, ne: tuple[int, ...]) -> int | None:
-    """Bytes of a tensor of a type the ``gguf`` package knows (None if it does not know the id or the
-    row length is not a whole number of blocks)."""
-    try:
-        qt = gguf.GGMLQuantizationType(type_id)
-        block, tsize = gguf.GGML_QUANT_SIZES[qt]
-    except (ValueError, KeyError):
-        return None
-    if ne[0] % block:
-        return None
-    n = 1
-    for d in ne[1:]:
-        n *= d
-    return n * (ne[0] // block) * tsize
+def runtimes_using(type_ids: set[int]) -> list[str]:
+    """The runtimes whose exclusive ids appear in ``type_ids`` (to infer a file's numbering)."""
+    return [n for n, r in RUNTIMES.items() if type_ids & r.exclusive_ids]
 
 
 def type_name(type_id: int, runtime: Runtime | None) -> str:
@@ -126,14 +82,3 @@ def gguf_type_label(type_id: int) -> str:
         return gguf.GGMLQuantizationType(type_id).name
     except ValueError:
         return f"unknown({type_id})"
-
-
-def read_bytes(path: str | os.PathLike, offset: int, nbytes: int) -> np.ndarray:
-    """``nbytes`` bytes at ``offset`` as a read-only uint8 memory map (bounded by the file size)."""
-    size = os.path.getsize(path)
-    if offset < 0 or nbytes < 0 or offset + nbytes > size:
-        raise TmacError(f"bytes [{offset}, {offset + nbytes}) lie outside the file ({size} bytes)", file=str(path),
-                        rule="tensor data inside the file")
-    if nbytes == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))

@@ -345,13 +345,13 @@ class GPTQReader(Reader, name="gptq", priority=10):
         w = (codes.astype(np.float64) - z[gi].T) * s.astype(np.float64)[gi].T  # [M0, K]
         qt, stats = quantize_rtn(lay.name, w, bits=b, group_size=lay.group_size, zero_point=True)
         del w
-        model.notes.append(f"act-order {lay.name}: re-quantised to contiguous groups of {lay.group_size}, "
-                           f"nmse {stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
+        note = (f"act-order {lay.name}: re-quantised to contiguous groups of {lay.group_size}, "
+                f"nmse {stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
         codes = plan.hf.permute(lay.name, qt.codes)
         scales = plan.hf.permute(lay.name, qt.scales)
         zeros = plan.hf.permute(lay.name, qt.zeros)
         return QuantTensor(lay.name, codes, scales, zeros, bits=b, group_size=lay.group_size,
-                           meta={"source": lay.prefix, "requantized": stats})
+                           meta={"source": lay.prefix, "requantized": stats, "note": note})
 
 
 def _zero_offsets(stored: np.ndarray, s: np.ndarray, bits: int, fmt: str) -> np.ndarray:

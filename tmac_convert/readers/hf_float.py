@@ -4,7 +4,7 @@ Only attention and MLP projection matrices (``blk.N.attn_{q,k,v,output}``, ``blk
 are quantised, with :func:`~.quantize.quantize_rtn` at the requested ``bits`` / ``group_size`` /
 ``zero_point``; everything else (embeddings, norms, output head, biases) passes through as a
 :class:`FloatTensor` (F16 stays float16; BF16 and F32 become float32, exactly).  The error each
-quantised tensor picks up is recorded in its ``meta["quant_stats"]`` and in ``model.notes``.
+quantised tensor picks up is recorded in its ``meta["quant_stats"]`` and ``meta["note"]`` (the report's notes).
 
 Options: ``bits`` (1-4, default 4), ``group_size`` (default 128; -1 = per channel),
 ``zero_point`` (default True: asymmetric); ``quantize=False`` passes the projections through as
@@ -142,7 +142,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
                 raise TmacError(str(e).removeprefix(f"tensor {e.tensor}: "), tensor=e.tensor,
                                 file=str(self._ckpt.entry(n).file), rule=e.rule) from None
             del data
-            qt.meta.update({"source": n, "quant_stats": stats})
-            model.notes.append(f"{name}: RTN {bits}-bit nmse {stats['nmse']:.3e}, max abs error "
-                               f"{stats['max_abs_err']:.3e}")
+            qt.meta.update({"source": n, "quant_stats": stats,
+                            "note": f"{name}: RTN {bits}-bit nmse {stats['nmse']:.3e}, max abs error "
+                                    f"{stats['max_abs_err']:.3e}"})
             yield qt

@@ -28,16 +28,13 @@ import numpy as np
 from ..errors import TmacError
 from ..format.kv import kv_from_json
 from ..format.tmac_keys import TMAC_KEY_PREFIX, TmacMeta
-from ..format.runtime import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.gguf_file import GGUFFile, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.runtime import RUNTIMES, Runtime, runtimes_using
 from ..layouts import Kcfg, TileConfig, load_kcfg
 from ..layouts.constraints import check_layout
 from .base import Reader, SourceModel, Tensor, TensorInfo
 from ..format.npz import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
                             read_member, read_raw_member)
-
-# The T-MAC-only type ids of each numbering (30 and 39 are also stock BF16 / MXFP4: not evidence alone).
-_TMAC_ONLY = {"tmac": frozenset({36, 37, 38}), "aug2024": frozenset({31, 32, 33})}
-
 
 def _plan_types():
     # imported late: the writers package imports the readers package
@@ -46,11 +43,8 @@ def _plan_types():
 
 
 def looks_tmac(gf: GGUFFile) -> bool:
-    """True for a GGUF with ``tmac.*`` keys or T-MAC-only type ids (36-38, or 31-33 of the 2024 fork)."""
-    if any(k.startswith("tmac.") for k in gf.kv):
-        return True
-    ids = {t.type_id for t in gf.tensors}
-    return any(ids & only for only in _TMAC_ONLY.values())
+    """True for a GGUF with ``tmac.*`` keys or T-MAC-only type ids (see :attr:`GGUFFile.is_tmac`)."""
+    return gf.is_tmac
 
 
 def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
@@ -63,8 +57,7 @@ def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
         if not isinstance(name, str) or name not in RUNTIMES:
             raise gf.fail(f"tmac.runtime {name!r} is not one of {', '.join(RUNTIMES)}", "tmac.runtime")
         return RUNTIMES[name]
-    ids = {t.type_id for t in gf.tensors}
-    hits = [n for n, only in _TMAC_ONLY.items() if ids & only]
+    hits = runtimes_using({t.type_id for t in gf.tensors})
     if len(hits) == 1:
         return RUNTIMES[hits[0]]
     raise gf.fail("cannot tell which T-MAC type-id numbering the file uses; pass runtime=tmac or aug2024",

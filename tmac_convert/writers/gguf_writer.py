@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.encodings import TensorPlan, get_encoding
-from ..format.runtime import parse as parse_gguf
+from ..format.gguf_file import parse as parse_gguf
 from ..archs.hparams import add_hparams, config_file
 from ..format.kv import add_kv, carried_kv
 from ..format.tmac_keys import CONVERTER, TmacMeta
