@@ -189,7 +189,7 @@ def test_signal_midway_leaves_no_output(tmp_path, sig):
 @needs_verify
 def test_verification_failure_exits_1_and_writes_nothing(tmp_path):
     """A layout bug (simulated: bit 0 of every code flipped in the first half of each blob) is caught."""
-    prelude = ("import tmac_convert.format.encodings as E\n_p = E.pack\n"
+    prelude = ("import tmac_convert.format.encodings.tmac as E\n_p = E.pack\n"
                "def bad(*a, **k):\n    b = _p(*a, **k); b[: b.size // 2] ^= 0x11; return b\nE.pack = bad\n")
     r = run_synth(str(_synth(tmp_path)), "-o", str(tmp_path / "o.gguf"), prelude=prelude)
     line = one_line_error(r, 1)

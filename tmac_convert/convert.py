@@ -30,11 +30,10 @@ from .readers.base import SourceModel, Tensor, TensorInfo
 from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
-from .format.encodings import TensorPlan, get_encoding
+from .format.encodings import TensorPlan, get_encoding, projection_encoding
+from .format.encodings.tmac import VERIFY_SEED
 from .archs.hparams import extra_tensors
-from .writers.plan import plan_model
-
-VERIFY_SEED = 0
+from .writers.plan import plan_model, plan_stock
 
 
 @dataclass
@@ -201,23 +200,13 @@ def _check_tensor(t: Tensor, e: TensorPlan) -> None:
                         rule="reader yields what tensor_infos() said")
 
 
-def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int):
-    """Encode one tensor (and verify a quantised one); runs in a worker thread."""
+def _work(t: Tensor, e: TensorPlan, *, verify: bool) -> tuple[TensorPlan, np.ndarray, Any, str | None]:
+    """Encode one tensor and (``verify``) prove the bytes with its encoding's check; runs in a worker thread.
+    Returns the plan entry, the bytes, the check's figures and the tensor's note for the report."""
     _check_tensor(t, e)
     enc = get_encoding(e.encoding)
     data = enc.encode(t, e)
-    result = None
-    if verify and e.encoding != "tmac":
-        result = enc.check(t, data, e)
-    elif verify:
-        from .proof import check, verify_tensor
-
-        k = e.shape[1]
-        ags = k if act_group_size == -1 else act_group_size
-        # one thread per tensor: the pipeline already runs one tensor per worker
-        result = verify_tensor(t, data, bm=e.tiles.bm, kfactor=e.tiles.kfactor, act_group_size=ags,
-                               seed=VERIFY_SEED, threads=1)
-        check(result)
+    result = enc.check(t, data, e) if verify else None
     return e, data, result, (t.meta.get("note") if isinstance(t, QuantTensor) else None)
 
 
@@ -227,10 +216,8 @@ def _figure(result: Any, name: str) -> float | None:
 
 
 def _type_label(e: TensorPlan) -> str:
-    """``I{bits}`` for T-MAC tensors, the encoding's name (``F16``, ``Q4_0``...) otherwise."""
-    if e.encoding == "tmac":
-        return f"I{e.bits}"
-    return getattr(get_encoding(e.encoding), "type_name", e.encoding.upper())
+    """``I{bits}`` for T-MAC tensors, the encoding's type name (``F16``, ``Q4_0``...) otherwise."""
+    return get_encoding(e.encoding).type_label(e)
 
 
 def convert(source: str | Path, out: str | Path | None = None, *, format: str = "gguf", bits: int | None = None,
@@ -260,7 +247,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         tokenizer_pre: ``tokenizer.ggml.pre`` when the pre-tokenizer cannot be recognised.
         progress: called with a :class:`ProgressUpdate` after each tensor.
         out_type: ``tmac`` (T-MAC ``I`` types), or a stock llama.cpp type for the projections (``q4_0``,
-            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.format.stock`): the
+            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.format.encodings.stock`): the
             same GGUF otherwise, without kcfg, tiles or ``tmac.*`` keys.
         allow_lossy: with a stock type, re-quantise tensors whose codes it cannot hold (else refused).
         reader_options: passed to the reader (e.g. ``gptq_format``).
@@ -277,11 +264,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         raise TmacError(f"--bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
     if group_size is not None and group_size < -1:
         raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")
-    stock = out_type != "tmac"
+    stock = not projection_encoding(out_type).quantized  # an unknown type is refused here
     if stock:
-        from .format.stock import encoding_name, plan_stock
-
-        encoding_name(out_type, lossy=allow_lossy)  # an unknown type is refused here
         if format != "gguf":
             raise TmacError(f"--type {out_type} is a GGUF tensor type; --format {format} holds T-MAC blobs only",
                             rule="stock types are GGUF")
@@ -342,7 +326,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                           needed_bytes=plan.total_nbytes + writer.overhead_bytes() + len(kcfg_text)) as tmp:
         writer.open(tmp[out_path])
         try:
-            work = partial(_work, verify=verify, act_group_size=plan.act_group_size)
+            work = partial(_work, verify=verify)
             tensor_notes: list[str] = []
             for n, (e, data, result, note) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
                 writer.write(e, data, result)

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
+from ..format.encodings import TensorPlan, encoding_for_type, get_encoding
 from ..format.kv import kv_from_json
 from ..format.tmac_keys import TMAC_KEY_PREFIX, TmacMeta
 from ..format.gguf_file import GGUFFile, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
@@ -35,12 +36,6 @@ from ..layouts.constraints import check_layout
 from .base import Reader, SourceModel, Tensor, TensorInfo
 from ..format.npz import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
                             read_member, read_raw_member)
-
-def _plan_types():
-    # imported late: the writers package imports the readers package
-    from ..format.encodings import TensorPlan, encoding_for_type, get_encoding
-    return TensorPlan, encoding_for_type, get_encoding
-
 
 def looks_tmac(gf: GGUFFile) -> bool:
     """True for a GGUF with ``tmac.*`` keys or T-MAC-only type ids (see :attr:`GGUFFile.is_tmac`)."""
@@ -98,7 +93,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     # -- GGUF ------------------------------------------------------------------------------------
 
     def _open_gguf(self, p: Path) -> SourceModel:
-        TensorPlan, encoding_for_type, get_encoding = _plan_types()
         gf = parse(p)
         file = str(p)
         runtime = _infer_runtime(gf, self.options.get("runtime"))
@@ -198,7 +192,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     # -- npz -------------------------------------------------------------------------------------
 
     def _open_npz(self, p: Path) -> SourceModel:
-        TensorPlan, _, get_encoding = _plan_types()
         file = str(p)
         man = read_manifest(p)  # schema-checked
         tm = man["tmac"]
@@ -295,7 +288,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         return pl, arr.view(np.uint8)
 
     def iter_tensors(self, model: SourceModel) -> Iterator[Tensor]:
-        _, _, get_encoding = _plan_types()
         for pl, data in self.raw_bytes(model):
             try:
                 yield get_encoding(pl.encoding).decode(data, pl)
@@ -311,7 +303,6 @@ def _is_our_npz(p: Path) -> bool:
 
 def get_encoding_dtype(encoding: str) -> np.dtype:
     """The stored dtype of a float encoding (``<f2``/``<f4``)."""
-    _, _, get_encoding = _plan_types()
     return get_encoding(encoding).dtype
 
 

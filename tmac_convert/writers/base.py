@@ -85,6 +85,13 @@ class OutputWriter:
         """Parse the finished file back and compare it with the plan; raise :class:`TmacError` on any difference."""
 
 
+def output_formats() -> list[str]:
+    """The registered output formats (the CLI's ``--format`` choices)."""
+    from . import gguf_writer, npz_writer  # noqa: F401 - register the built-in formats
+
+    return list(OutputWriter.registry)
+
+
 def get_writer(name: str) -> type[OutputWriter]:
     """The writer class registered as ``name``."""
     from . import gguf_writer, npz_writer  # noqa: F401 - register the built-in formats

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
-from ..format.encodings import TensorPlan, get_encoding
+from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
 from ..archs.hparams import add_hparams, config_file
 from ..format.kv import add_kv, carried_kv
@@ -77,11 +77,10 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if gguf.Keys.General.QUANTIZATION_VERSION not in have:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if ctx.plan.stock:  # a stock llama.cpp file: its block type, and no tmac.* keys
-            from ..format.stock import FILE_TYPES
-
-            w.add_file_type(int(FILE_TYPES[ctx.plan.stock]))
+            w.add_file_type(projection_encoding(ctx.plan.stock)().file_type(ctx.runtime))
         else:
-            w.add_file_type(ctx.runtime.file_type if ctx.plan.bits else int(gguf.LlamaFileType.MOSTLY_F16))
+            w.add_file_type(projection_encoding("tmac")().file_type(ctx.runtime) if ctx.plan.bits
+                            else int(gguf.LlamaFileType.MOSTLY_F16))
             tmac_meta(ctx).add_to(w)
         dummy = np.dtype(np.float32)  # anything but uint8 keeps the logical shape as given
         for e in ctx.plan.entries:
