@@ -30,6 +30,7 @@ from .readers.base import SourceModel, Tensor, TensorInfo
 from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
+from .format.rules import bits_supported
 from .format.encodings import TensorPlan, get_encoding, projection_encoding
 from .format.encodings.tmac import VERIFY_SEED
 from .archs.hparams import extra_tensors
@@ -260,7 +261,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     writer_cls = get_writer(format)
     if threads is not None and threads < 1:
         raise TmacError(f"threads must be at least 1, got {threads}", rule="threads >= 1")
-    if bits is not None and bits not in (1, 2, 3, 4):
+    if bits is not None and not bits_supported(bits):
         raise TmacError(f"--bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
     if group_size is not None and group_size < -1:
         raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")

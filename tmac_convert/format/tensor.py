@@ -13,8 +13,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import TmacError
-
-SUPPORTED_BITS = (1, 2, 3, 4)
+from .rules import SUPPORTED_BITS, bits_supported
 
 
 @dataclass
@@ -61,7 +60,7 @@ class QuantTensor:
 
     def validate(self) -> None:
         """Check every invariant of the intermediate form; raise :class:`TmacError` naming the tensor."""
-        if self.bits not in SUPPORTED_BITS:
+        if not bits_supported(self.bits):
             self._fail(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}", "bits")
         codes = self.codes
         if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import TmacError
+from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
@@ -212,7 +213,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
                             file=f, tensor=qw.name, rule="qweight rows")
         k = rows * word_bits // b
         implied = qz.shape[1] * word_bits / m0 if m0 else 0
-        if qz.shape[0] == groups and implied != b and implied in (1, 2, 3, 4) and (m0 * b) % word_bits == 0:
+        if qz.shape[0] == groups and implied != b and implied in SUPPORTED_BITS and (m0 * b) % word_bits == 0:
             raise TmacError(f"qzeros {list(qz.shape)} hold {implied:g}-bit zeros for {m0} outputs but the config "
                             f"says bits = {b}", file=str(qz.file), tensor=qz.name, rule="config matches tensors")
         if qz.shape != (groups, m0 * b // word_bits) or (m0 * b) % word_bits:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import TmacError
-from ..format.tensor import SUPPORTED_BITS
+from ..format.rules import bits_supported
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
 from ..archs.naming import is_projection
@@ -45,7 +45,7 @@ def rtn_settings(options: Mapping[str, Any], file: str | None = None) -> tuple[i
     except (TypeError, ValueError):
         raise TmacError(f"bits {bits!r} and group_size {gs!r} must be integers", file=file,
                         rule="quantisation options") from None
-    if bits not in SUPPORTED_BITS:
+    if not bits_supported(bits):
         raise TmacError(f"cannot quantise to {bits} bits: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
                         rule="bits in 1..4")
     if gs == 0 or gs < -1:

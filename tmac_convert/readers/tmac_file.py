@@ -30,6 +30,7 @@ from ..format.encodings import TensorPlan, encoding_for_type, get_encoding
 from ..format.kv import kv_from_json
 from ..format.tmac_keys import TMAC_KEY_PREFIX, TmacMeta
 from ..format.gguf_file import GGUFFile, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.rules import zero_point_from_scales_size
 from ..format.runtime import RUNTIMES, Runtime, runtimes_using
 from ..layouts import Kcfg, TileConfig, load_kcfg
 from ..layouts.constraints import check_layout
@@ -172,17 +173,14 @@ class TmacFileReader(Reader, name="tmac", priority=10):
             bm, kf = sec.bm, sec.kfactor
             per_tensor = sec.scales_size == 1
             gs = k if per_tensor else sec.group_size
-            base = m0 * (k // gs) if not per_tensor and gs and k % gs == 0 else -1
-            if per_tensor:
-                zp = False
-            elif sec.scales_size == base:
-                zp = False
-            elif sec.scales_size == 2 * base:
-                zp = True
-            else:
+            found = (False if per_tensor else zero_point_from_scales_size(sec.scales_size, m0, k, gs)
+                     if gs and k % gs == 0 else None)
+            if found is None:
+                base = m0 * (k // gs) if gs and k % gs == 0 else -1
                 raise TmacError(f"kcfg {sec.section} scales_size {sec.scales_size} fits neither {base} (group "
                                 f"{gs}) nor {2 * base} (with zero points)", tensor=rec.name, file=file,
                                 rule="kcfg matches file")
+            zp = found
         if not per_tensor and (gs <= 0 or k % gs):
             raise TmacError(f"group size {gs} does not divide K = {k}", tensor=rec.name, file=file,
                             rule="K % group_size == 0")
