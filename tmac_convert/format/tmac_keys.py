@@ -12,7 +12,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import TmacError
 from .gguf_file import KV
 
