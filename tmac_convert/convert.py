@@ -33,7 +33,8 @@ from .writers.base import WriteContext, get_writer
 from .format.rules import bits_supported
 from .format.encodings import TensorPlan, get_encoding, projection_encoding
 from .format.encodings.tmac import VERIFY_SEED
-from .archs.hparams import extra_tensors
+from .archs import architecture_for
+from .archs.hparams import config_file
 from .writers.plan import plan_model, plan_stock
 
 
@@ -293,7 +294,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     model: SourceModel = read(source, **opts)
     infos = model.tensor_infos()
     check_requested(infos, bits=bits, group_size=group_size, zero_point=zero_point, file=str(model.path))
-    extras = extra_tensors(model, {i.name for i in infos})
+    extras = (architecture_for(model.config, config_file(model)).extra_tensors({i.name for i in infos})
+              if model.config else [])
     all_infos = infos + [TensorInfo(t.name, tuple(t.data.shape), nbytes=t.data.nbytes) for t in extras]
     if stock:
         plan = plan_stock(all_infos, out_type, allow_lossy=allow_lossy, generated=frozenset(t.name for t in extras))

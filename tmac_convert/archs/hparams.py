@@ -1,7 +1,7 @@
 """Hyper-parameters from an HF ``config.json``, typed and range-checked, written with the ``gguf`` package's keys.
 
 What llama.cpp's converter writes for the Llama family, Qwen2 and BitNet (sizes, heads, norms, RoPE),
-plus the tensors llama.cpp expects that a checkpoint does not store (Llama 3.1 ``rope_freqs.weight``).
+the typed reads every architecture class uses, and Llama 3.1's RoPE frequency factors.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 
 from ..errors import TmacError
 from ..format.model import SourceModel
-from ..format.tensor import FloatTensor
 
 #: Largest vocabulary accepted (real ones are under 300k); the vocabulary is padded up to ``vocab_size``
 #: in memory, so an absurd value is refused instead of allocating millions of tokens.
@@ -101,9 +100,10 @@ def _rope_scaling(h: _Hparams) -> tuple[str | None, _Hparams]:
 
 
 def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str], file: str = "config.json") -> None:
-    """Write llama.cpp's hyper-parameter keys for ``arch`` from an HF config (what llama.cpp's converter
-    writes for the Llama family, Qwen2 and BitNet: sizes, heads, norms, RoPE).  ``file`` names the config
-    in errors: a hyper-parameter of the wrong type or out of range is a :class:`TmacError`."""
+    """Write llama.cpp's common hyper-parameter keys from an HF config (what llama.cpp's converter writes
+    for every decoder: sizes, heads, norms, RoPE); an architecture class adds its own on top
+    (:meth:`tmac_convert.archs.base.Architecture.add_hparams`).  ``file`` names the config in errors: a
+    hyper-parameter of the wrong type or out of range is a :class:`TmacError`."""
     h = _Hparams(text_config(config), file)
     n_layers = h.int("num_hidden_layers", "n_layer", "num_layers")
     hidden = h.int("hidden_size", "n_embd", "d_model", lo=1)
@@ -149,18 +149,6 @@ def add_hparams(w: gguf.GGUFWriter, config: dict, arch: str, notes: list[str], f
         notes.append("rope scaling llama3: factors written as rope_freqs.weight")
     elif rtype not in (None, "default"):
         notes.append(f"rope scaling {rtype!r} is not written; long-context behaviour may differ")
-    if arch == "bitnet" and not rtype:
-        # llama.cpp's converter marks BitNet's RoPE as linear with factor 1
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(1.0)
-    act = h.str("hidden_act")
-    if arch == "bitnet" and act not in (None, "silu"):
-        # llama.cpp's bitnet graph defaults to SiLU; newer builds read {arch}.hidden_activation.  "silu"
-        # itself is not written: some builds map that string to a fused-gate SwiGLU.
-        w.add_string(f"{arch}.hidden_activation", act)
-        notes.append(f"BitNet hidden_act {act!r} written as {arch}.hidden_activation; llama.cpp builds that do not "
-                     "read it (up to at least the one in llama-cpp-python 0.3.36) run SiLU instead and compute "
-                     "a different model")
 
 
 def llama3_rope_factors(config: dict, file: str = "config.json") -> np.ndarray | None:
@@ -199,13 +187,3 @@ def config_file(model: SourceModel) -> str:
     """The path of the source's config.json for error messages (``config.json`` when it has no folder)."""
     p = Path(str(model.path)) if model.path is not None else None
     return str(p / "config.json") if p is not None and p.is_dir() else "config.json"
-
-
-def extra_tensors(model: SourceModel, existing: set[str]) -> list[FloatTensor]:
-    """Tensors llama.cpp expects that a checkpoint does not store (Llama 3.1 ``rope_freqs.weight``)."""
-    out = []
-    if model.gguf_arch == "llama" and model.config and "rope_freqs.weight" not in existing:
-        f = llama3_rope_factors(model.config, config_file(model))
-        if f is not None:
-            out.append(FloatTensor("rope_freqs.weight", f))
-    return out

@@ -29,7 +29,8 @@ from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
-from ..archs.hparams import add_hparams, config_file
+from ..archs import architecture_for
+from ..archs.hparams import config_file
 from ..format.kv import add_kv, carried_kv
 from ..format.tmac_keys import CONVERTER, TmacMeta
 from .tokenizer import load_tokenizer
@@ -67,7 +68,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             have.add(kv.key)
         if not carried:
             if model.config:
-                add_hparams(w, model.config, model.gguf_arch, ctx.notes, config_file(model))
+                architecture_for(model.config, config_file(model)).add_hparams(w, ctx.notes)
             w.add_type("model")
             w.add_name(_model_name(model))
             load_tokenizer(model, pre_override=ctx.tokenizer_pre, notes=ctx.notes).add_to(w)
