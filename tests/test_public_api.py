@@ -38,6 +38,15 @@ def test_readme_kernel_call_after_a_plain_import() -> None:
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_functions_keep_their_names_after_their_modules_are_imported() -> None:
+    """``tc.convert`` and ``tc.verify_file`` stay the functions when ``tmac_convert.convert`` is imported."""
+    import tmac_convert.convert  # noqa: F401
+    import tmac_convert.verify_file  # noqa: F401
+
+    assert callable(tc.convert) and callable(tc.verify_file)
+    assert tc.convert.__name__ == "convert" and tc.verify_file.__name__ == "verify_file"
+
+
 def test_the_package_is_typed() -> None:
     assert (Path(tc.__file__).parent / "py.typed").is_file()
 

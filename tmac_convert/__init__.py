@@ -9,7 +9,7 @@ Public surface (plain numpy arrays in and out):
 * :func:`convert` — a whole conversion (read -> normalise -> layout -> verify -> write).
 * :func:`verify_file` — re-check a written file (and, given its source, compare with it); the
   ``tmac-convert verify`` command.
-* :mod:`kernels` — the bundled LUT kernels (``tc.kernels.gemm``); loaded on first use.
+* :mod:`kernels` — the bundled LUT kernels (``tc.kernels.gemm``).
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ from .format.tensor import QuantTensor
 from .layouts import (Kcfg, KernelConfig, TileConfig, blob_nbytes, default_tiles, load_kcfg, load_preset, pack,
                       preset_names, unpack)
 from .readers import read
+# Imported here, not lazily: the functions must shadow their modules' names (``tmac_convert.convert``
+# and ``tmac_convert.verify_file``), which an import of the module would otherwise set on the package.
+from .convert import ConversionReport, convert
+from .verify_file import FileCheck, verify_file
 
 if TYPE_CHECKING:
     from . import kernels
-    from .convert import ConversionReport, convert
-    from .verify_file import FileCheck, verify_file
 
 __all__ = ["__version__", "pack", "unpack", "blob_nbytes", "QuantTensor", "read", "convert", "ConversionReport",
            "verify_file", "FileCheck", "kernels", "TmacError", "LayoutError", "VerificationError", "Kcfg",
            "KernelConfig", "TileConfig", "load_kcfg", "load_preset", "preset_names", "default_tiles"]
 
-# Loaded on first use: the kernels and the conversion machinery are not needed to pack a tensor.
-_LAZY = {"kernels": (".kernels", None), "convert": (".convert", "convert"),
-         "ConversionReport": (".convert", "ConversionReport"), "verify_file": (".verify_file", "verify_file"),
-         "FileCheck": (".verify_file", "FileCheck")}
+# Loaded on first use.
+_LAZY = {"kernels": (".kernels", None)}
 
 
 def __getattr__(name: str) -> Any:

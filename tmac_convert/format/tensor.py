@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 import numpy as np
@@ -115,6 +116,24 @@ class QuantTensor:
         return w.astype(dtype, copy=False)
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """A tensor's bytes stored verbatim in a file: ``nbytes`` bytes at ``offset`` of ``path``, C order, numpy
+    dtype ``dtype`` (``"<f2"``, ``"<f4"``).  A writer can copy them file to file without reading them."""
+
+    path: Path
+    offset: int
+    nbytes: int
+    dtype: str
+
+    def array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The bytes as a read-only memory map of ``shape`` (pages are read only when touched)."""
+        count = self.nbytes // np.dtype(self.dtype).itemsize
+        if count == 0:
+            return np.zeros(shape, self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(count,)).reshape(shape)
+
+
 @dataclass
 class FloatTensor:
     """A tensor that passes through unquantised.
@@ -123,11 +142,14 @@ class FloatTensor:
         name: GGUF tensor name (e.g. ``token_embd.weight``, ``blk.0.attn_norm.weight``).
         data: float16 or float32 array in numpy (row-major, HF) shape, already in GGUF row order.
         quantizable: True for an attention/MLP projection that a float source may quantise.
+        span: where ``data``'s exact bytes lie in the source file, when they are stored there verbatim
+            (then ``data`` is a memory map of them and an unchanged tensor is copied file to file).
     """
 
     name: str
     data: np.ndarray
     quantizable: bool = False
+    span: FileSpan | None = None
 
 
 Tensor = Union[QuantTensor, FloatTensor]

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..errors import TmacError
 from ..format.gguf_file import KV, TensorRecord, is_gguf, scan
-from ..format.tensor import QuantTensor
+from ..format.tensor import FileSpan, QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gguf_blocks import decode_q4_0, decode_q4_1, decode_tq1_0, decode_tq2_0
 from .hf_float import rtn_settings
@@ -225,7 +225,7 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
                             quantization=quant, tokenizer_files={}, gguf_metadata=metadata,
                             gguf_kv=list(header.kv.values()), notes=notes,
                             _reader=self)
-        self._state = {"header": header, "map": np.memmap(path, dtype=np.uint8, mode="r") if header.file_size else np.zeros(0, np.uint8), "plans": plans, "value_types": value_types,
+        self._state = {"header": header, "path": path, "map": np.memmap(path, dtype=np.uint8, mode="r") if header.file_size else np.zeros(0, np.uint8), "plans": plans, "value_types": value_types,
                        "rtn": (bits, gs, zp)}
         return model
 
@@ -272,7 +272,10 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         if p.mode == "exact":
             return _exact(name, p.qtype, data, file)
         if p.mode == "float":
-            return FloatTensor(name, _as_float(p.qtype, data), quantizable=is_projection(name))
+            span = None
+            if p.qtype in (_Q.F32, _Q.F16) and p.record.nbytes:
+                span = FileSpan(self._state["path"], p.record.offset, p.record.nbytes, data.dtype.newbyteorder("<").str)
+            return FloatTensor(name, _as_float(p.qtype, data), quantizable=is_projection(name), span=span)
         bits, gs, zp = self._state["rtn"]
         w = _as_float(p.qtype, data)
         qt, stats = quantize_rtn(name, w, bits=bits, group_size=gs, zero_point=zp)

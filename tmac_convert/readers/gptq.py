@@ -308,8 +308,10 @@ class GPTQReader(Reader, name="gptq", priority=10):
         if e.dtype not in FLOAT_DTYPES:
             raise TmacError(f"expected a float tensor, found {e.dtype}", file=str(e.file), tensor=hf_name,
                             rule="float dtype")
-        data = plan.ckpt.get_float(hf_name)
-        data = plan.hf.permute(name, data)
+        if plan.hf.permute_heads(name) is None:
+            data, span = plan.ckpt.get_float_mapped(hf_name)
+            return FloatTensor(name, data, quantizable=is_projection(name), span=span)
+        data = plan.hf.permute(name, plan.ckpt.get_float(hf_name))
         return FloatTensor(name, data, quantizable=is_projection(name))
 
     def _quant(self, model: SourceModel, lay: _Layer) -> QuantTensor:

@@ -132,6 +132,10 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
         bits, gs, zp = self._settings_
         hf = self._hf
         for name, n, quant in self._items:
+            if not quant and hf.permute_heads(name) is None:
+                data, span = self._ckpt.get_float_mapped(n)
+                yield FloatTensor(name, data, quantizable=is_projection(name), span=span)
+                continue
             data = hf.permute(name, self._ckpt.get_float(n))
             if not quant:
                 yield FloatTensor(name, data, quantizable=is_projection(name))

@@ -27,6 +27,8 @@ import numpy as np
 
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
+from ..format.tensor import FileSpan
+from .copy import copy_span
 from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
 from ..archs import architecture_for
@@ -115,7 +117,10 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if data.nbytes != entry.nbytes:
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
-        _write_tensor_data(self.w, np.ascontiguousarray(data))
+        if isinstance(data, FileSpan):
+            _copy_tensor_data(self.w, data, entry.name)
+        else:
+            _write_tensor_data(self.w, np.ascontiguousarray(data))
         self._next += 1
 
     def close(self) -> None:
@@ -184,3 +189,24 @@ def _write_tensor_data(w: gguf.GGUFWriter, data: np.ndarray) -> None:
     w.write_padding(fout, data.nbytes)
     w.state = gguf.gguf_writer.WriterState.WEIGHTS
 
+
+def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str) -> None:
+    """Like :func:`_write_tensor_data`, but the bytes go from the source file to the output file directly
+    (:func:`~tmac_convert.writers.copy.copy_span`); the writer's buffer is flushed first and its position
+    moved past the copied bytes."""
+    fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
+    if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
+        _write_tensor_data(w, np.ascontiguousarray(span.array((span.nbytes // np.dtype(span.dtype).itemsize,))))
+        return
+    fout = fouts[0]
+    info = tensors[0].pop(next(iter(tensors[0])))
+    if info.nbytes != span.nbytes:
+        raise TmacError(f"{span.nbytes} bytes for a tensor planned at {info.nbytes}", tensor=name,
+                        rule="tensor size matches plan")
+    w.write_padding(fout, fout.tell())
+    fout.flush()
+    pos = fout.tell()
+    copy_span(span, fout.fileno(), pos, tensor=name)
+    fout.seek(pos + span.nbytes)
+    w.write_padding(fout, span.nbytes)
+    w.state = gguf.gguf_writer.WriterState.WEIGHTS

@@ -26,7 +26,7 @@ import numpy as np
 
 from ...errors import TmacError
 from ...layouts import TileConfig
-from ..tensor import FloatTensor, Tensor, TensorInfo
+from ..tensor import FileSpan, FloatTensor, Tensor, TensorInfo
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -119,6 +119,10 @@ class Encoding:
 
     # -- encode / decode / check ------------------------------------------------------------------
 
+    def passthrough(self, tensor: Tensor, plan: TensorPlan) -> FileSpan | None:
+        """The source bytes to copy unchanged, when :meth:`encode` would return exactly them (None otherwise)."""
+        return None
+
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
         """The stored bytes: a C-contiguous array whose ``nbytes`` equals ``self.nbytes(plan)``."""
         raise NotImplementedError
@@ -179,6 +183,14 @@ class _FloatEncoding(Encoding):
 
     def type_label(self, plan: TensorPlan) -> str:
         return self.ggml.name
+
+    def passthrough(self, tensor: Tensor, plan: TensorPlan) -> FileSpan | None:
+        """A float tensor stored in the source in this very dtype and shape: its bytes are the output."""
+        span = getattr(tensor, "span", None)
+        if (isinstance(tensor, FloatTensor) and span is not None and np.dtype(span.dtype) == self.dtype
+                and span.nbytes == self.nbytes(plan) and tuple(np.shape(tensor.data)) == tuple(plan.shape)):
+            return span
+        return None
 
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
         if not isinstance(tensor, FloatTensor):
