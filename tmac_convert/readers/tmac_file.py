@@ -64,7 +64,7 @@ def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
 class _GGUFState:
     gf: GGUFFile
     runtime: Runtime
-    plans: list[Any]  # TensorPlan
+    plans: list[TensorPlan]
     records: dict[str, TensorRecord]
 
 
@@ -115,7 +115,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                               "tensor type", rec.name)
             shape = rec.shape
             if enc == "tmac":
-                plan = self._quant_plan(TensorPlan, rec, runtime, meta, kc, file)
+                plan = self._quant_plan(rec, runtime, meta, kc, file)
             else:
                 plan = TensorPlan(rec.name, enc, shape)
             plan.nbytes = get_encoding(enc).nbytes(plan)
@@ -151,7 +151,8 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                            gguf_kv=[kv for k, kv in gf.kv.items() if not k.startswith(TMAC_KEY_PREFIX)], notes=notes,
                            _reader=self)
 
-    def _quant_plan(self, TensorPlan, rec: TensorRecord, runtime: Runtime, meta, kc: Kcfg | None, file: str):
+    def _quant_plan(self, rec: TensorRecord, runtime: Runtime, meta: TmacMeta | None, kc: Kcfg | None,
+                    file: str) -> TensorPlan:
         if len(rec.ne) != 2:
             raise TmacError(f"I-type tensor has {len(rec.ne)} dimensions", tensor=rec.name, file=file,
                             rule="quantised tensors are 2-D")
@@ -240,7 +241,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
 
     # -- tensors ---------------------------------------------------------------------------------
 
-    def plans(self, model: SourceModel) -> list[Any]:
+    def plans(self, model: SourceModel) -> list[TensorPlan]:
         """The file's tensor plans (encoding, shape, tiles...), in file order."""
         if model.format == "tmac-gguf":
             return list(self._state.plans)
@@ -257,7 +258,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                 out.append(TensorInfo(pl.name, pl.shape, nbytes=pl.nbytes))
         return out
 
-    def raw_bytes(self, model: SourceModel) -> Iterator[tuple[Any, np.ndarray]]:
+    def raw_bytes(self, model: SourceModel) -> Iterator[tuple[TensorPlan, np.ndarray]]:
         """``(plan, stored bytes as uint8)`` for every tensor, in file order (GGUF: memory-mapped)."""
         if model.format == "tmac-gguf":
             st = self._state
@@ -268,7 +269,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         for pl, _ in self._npz[1]:
             yield self.raw_for(model, pl.name)
 
-    def raw_for(self, model: SourceModel, name: str) -> tuple[Any, np.ndarray] | None:
+    def raw_for(self, model: SourceModel, name: str) -> tuple[TensorPlan, np.ndarray] | None:
         """``(plan, stored bytes)`` of one tensor by name, or None when the file has no such tensor."""
         if model.format == "tmac-gguf":
             st = self._state
