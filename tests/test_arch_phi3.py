@@ -134,3 +134,14 @@ def test_long_rope_factors_become_tensors_and_a_bad_length_is_refused() -> None:
     cfg["rope_scaling"]["long_factor"] = [1.0] * 31
     with pytest.raises(TmacError, match="long_factor must be 32"):
         architecture_for(cfg).extra_tensors(set())
+
+
+def test_phi3_fixtures_are_reproducible(capsys: pytest.CaptureFixture) -> None:
+    """Regenerating the committed Phi-3 fixtures gives the same bytes (needs the dev-time tokenizers)."""
+    pytest.importorskip("tokenizers")
+    import sys
+
+    sys.path.insert(0, str(FIXTURES))
+    import make_fixtures
+
+    assert make_fixtures.main(["--check", "--only", "gen_phi3"]) == 0, capsys.readouterr().out
