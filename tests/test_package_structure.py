@@ -186,3 +186,13 @@ def test_the_fact_detectors_see_a_restatement(tmp_path: Path) -> None:
                  "def n(m0, k, gs, zero_point):\n    return m0 * (k // gs) * (2 if zero_point else 1)\n")
     assert type_id_tables(p) == [1]
     assert scales_size_formulas(p) == [3]
+
+
+def test_every_subpackage_is_installed() -> None:
+    """pyproject lists packages explicitly: a new subpackage missing there would vanish from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = {m for m in MODULES if _is_package(m)}
+    assert present <= listed, f"not in pyproject.toml: {sorted(present - listed)}"
+    assert "py.typed" in (PKG.parent / "pyproject.toml").read_text() and (PKG / "py.typed").is_file()
