@@ -8,11 +8,8 @@ about layouts: they yield :class:`~tmac_convert.format.tensor.QuantTensor` (code
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Union
-
-import numpy as np
+from typing import Any, ClassVar, Iterator
 
 from ..format.model import SourceModel
 from ..format.tensor import FloatTensor, QuantTensor, Tensor, TensorInfo
