@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.tensor import FileSpan
-from .copy import copy_span
+from .copy import BackgroundCopies
 from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
 from ..archs import architecture_for
@@ -56,6 +56,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         super().__init__(ctx)
         self.w: gguf.GGUFWriter | None = None
         self._next = 0
+        self.copies = BackgroundCopies()
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
         if isinstance(data, FileSpan):
-            _copy_tensor_data(self.w, data, entry.name)
+            _copy_tensor_data(self.w, data, entry.name, self.copies)
         else:
             _write_tensor_data(self.w, np.ascontiguousarray(data))
         self._next += 1
@@ -129,9 +130,11 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             missing = self.ctx.plan.entries[self._next].name
             raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
                             tensor=missing, rule="every planned tensor written")
+        self.copies.wait()
         self.w.close()
 
     def abort(self) -> None:
+        self.copies.cancel()
         if self.w is not None:
             self.w.close()
 
@@ -190,10 +193,10 @@ def _write_tensor_data(w: gguf.GGUFWriter, data: np.ndarray) -> None:
     w.state = gguf.gguf_writer.WriterState.WEIGHTS
 
 
-def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str) -> None:
-    """Like :func:`_write_tensor_data`, but the bytes go from the source file to the output file directly
-    (:func:`~tmac_convert.writers.copy.copy_span`); the writer's buffer is flushed first and its position
-    moved past the copied bytes."""
+def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str, copies: BackgroundCopies) -> None:
+    """Like :func:`_write_tensor_data`, but the bytes go from the source file to the output file directly, on
+    a background thread (:class:`~tmac_convert.writers.copy.BackgroundCopies`): the writer's position moves
+    past the reserved bytes at once and the next tensors are written while the copy runs."""
     fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
     if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
         _write_tensor_data(w, np.ascontiguousarray(span.array((span.nbytes // np.dtype(span.dtype).itemsize,))))
@@ -206,7 +209,7 @@ def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str) -> None:
     w.write_padding(fout, fout.tell())
     fout.flush()
     pos = fout.tell()
-    copy_span(span, fout.fileno(), pos, tensor=name)
+    copies.start(span, fout.fileno(), pos, tensor=name)
     fout.seek(pos + span.nbytes)
     w.write_padding(fout, span.nbytes)
     w.state = gguf.gguf_writer.WriterState.WEIGHTS
