@@ -172,8 +172,15 @@ INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m
  * compile-time constant in the specialised copies below; 0 means "use p->actk"). */
 #define INLINE static inline __attribute__((always_inline))
 
+/* Where row block q (0..3) of 32-row block B lives: plane 0 or not, and the offset of its 8 scales.  With a
+ * compile-time BITS of 1, 2 or 4 (4 divides 32/8), both follow from q alone, with no table look-up or branch
+ * on data; otherwise from the precomputed info table. */
+#define PLANE0(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? ((q) % (BITS ? BITS : 1) == 0) : (bi[q] & 1))
+#define SOFF(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? (B * (4 / (BITS ? BITS : 1)) + (q) / (BITS ? BITS : 1)) * blk \
+                                                        : (int64_t)(bi[q] >> 1))
+
 INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
-                           float *y, const int64_t ACTK, const int fa) {
+                           float *y, const int64_t ACTK, const int fa, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
     const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
     const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
@@ -205,7 +212,7 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
                     sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
                 for (int q = 0; q < 4; ++q) {
                     __m256 v = _mm256_mul_ps(f[q], vs);
-                    if (bi[q] & 1) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
+                    if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
                     acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
                 }
             }
@@ -215,9 +222,9 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
                 if (per_tensor) {
                     cv = _mm256_add_ps(cv, acc[q]);
                 } else {
-                    const float *sq = Sg + (bi[q] >> 1);
+                    const float *sq = Sg + SOFF(q);
                     cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
-                    if (zp && (bi[q] & 1))
+                    if (zp && PLANE0(q))
                         cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
                 }
                 _mm256_storeu_ps(cb + q * 8, cv);
@@ -245,15 +252,23 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
         return;
     }
     if (p->fa) {
-        tile_int8(p, w, S, row, C, y, 0, 1);
+        tile_int8(p, w, S, row, C, y, 0, 1, 0);
         return;
     }
-    switch (p->actk) { /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32) */
-    case 8: tile_int8(p, w, S, row, C, y, 8, 0); break;
-    case 16: tile_int8(p, w, S, row, C, y, 16, 0); break;
-    case 32: tile_int8(p, w, S, row, C, y, 32, 0); break;
-    default: tile_int8(p, w, S, row, C, y, 0, 0); break;
+    /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32), and the bit widths whose
+     * plane pattern is the same in every 32-row block */
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_int8(p, w, S, row, C, y, A, 0, 1); break; \
+    case 2: tile_int8(p, w, S, row, C, y, A, 0, 2); break; \
+    case 4: tile_int8(p, w, S, row, C, y, A, 0, 4); break; \
+    default: tile_int8(p, w, S, row, C, y, A, 0, 0); break; }
+    switch (p->actk) {
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
     }
+#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -290,7 +305,7 @@ INLINE_FWD AVX2 void sums_split(const __m256i *lo, const __m256i *hi, const int8
 #define ROWS_MAX_KF 32
 
 INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
-                                int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK) {
+                                int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
     const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
     const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
@@ -324,7 +339,7 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
                     sums_split(lo + sub * actk / 2, hi + sub * actk / 2, tk + sub * actk * 16, actk, f);
                     for (int q = 0; q < 4; ++q) {
                         __m256 v = _mm256_mul_ps(f[q], vs);
-                        if (bi[q] & 1) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
+                        if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
                         acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
                     }
                 }
@@ -335,9 +350,9 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
                     if (per_tensor) {
                         cv = _mm256_add_ps(cv, acc[q]);
                     } else {
-                        const float *sq = Sg + (bi[q] >> 1);
+                        const float *sq = Sg + SOFF(q);
                         cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
-                        if (zp && (bi[q] & 1))
+                        if (zp && PLANE0(q))
                             cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
                     }
                     _mm256_storeu_ps(cb + q * 8, cv);
@@ -369,12 +384,18 @@ AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float
         for (int64_t r = 0; r < nrows; ++r) lut_tile_avx2(p, w, S, rows + r, C, y + r * ldy);
         return;
     }
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 1); break; \
+    case 2: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 2); break; \
+    case 4: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 4); break; \
+    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 0); break; }
     switch (p->actk) {
-    case 8: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 8); break;
-    case 16: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 16); break;
-    case 32: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 32); break;
-    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 0); break;
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
     }
+#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------
