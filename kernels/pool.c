@@ -200,7 +200,7 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
     fn(ctx, 0, n / nt, 0);
     for (int i = helpers + 1; i < nt; ++i) fn(ctx, n * i / nt, n * (i + 1) / nt, i); /* workers that failed to start */
     int spins = 0;
-    while (atomic_load(&P.remaining) > 0 && spins < 4 * SPIN) {
+    while (atomic_load(&P.remaining) > 0 && spins < SPIN) { /* then sleep: a descheduled worker needs the core */
         CPU_RELAX();
         ++spins;
     }
