@@ -4,7 +4,8 @@
   for every path, shape, row count (blocks of 8 and a remainder) and thread count.
 * One persistent pool serves the LUT kernels and the layout engine: workers are started once, not per call
   (the process's thread count stays put across calls), and a fork()ed child computes the same results
-  instead of waiting on workers that do not exist in it.
+  instead of waiting on workers that do not exist in it; Python threads calling kernels at once take the pool
+  in turn; Ctrl-C interrupts a loop of threaded calls and leaves the pool usable.
 """
 
 import os
@@ -134,3 +135,59 @@ def test_a_forked_child_runs_the_kernels_without_deadlock():
     script = FORK_SCRIPT.format(root=root)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "fork-ok" in r.stdout, r.stderr
+
+
+def test_python_threads_calling_kernels_at_once_share_the_pool():
+    # each call takes the pool in turn with the GIL released; none deadlocks and every result is exact
+    import threading
+
+    rng = np.random.default_rng(6)
+    case = make_case(rng, 2, 512, 512, 128, 16, 128, True, False)
+    xs = [rng.standard_normal((n, 512)).astype(np.float32) for n in (1, 5, 9, 16)]
+    want = [kernels.gemm(case.blob, x, **case.kw, threads=1) for x in xs]
+    codes = rng.integers(0, 4, (2048, 4096), dtype=np.uint8)
+    scales = rng.random((2048, 32)).astype(np.float16)
+    blob_want = tc.pack(codes, scales, bits=2, bm=256, kfactor=16, threads=1)
+    bad = []
+
+    def work(i):
+        for _ in range(10):
+            if not np.array_equal(kernels.gemm(case.blob, xs[i], **case.kw, threads=2), want[i]):
+                bad.append(i)
+            if i == 0 and not np.array_equal(tc.pack(codes, scales, bits=2, bm=256, kfactor=16, threads=2), blob_want):
+                bad.append("pack")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and not bad
+
+
+SIGINT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    import numpy as np
+    from tmac_convert import kernels
+    sys.path.insert(0, {root!r})
+    from tests.test_kernels_cases import make_case
+
+    case = make_case(np.random.default_rng(1), 2, 1024, 1024, 128, 16, 128, True, False)
+    x = np.random.default_rng(2).standard_normal((16, 1024)).astype(np.float32)
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    try:
+        while True:
+            kernels.gemm(case.blob, x, **case.kw, threads=2)
+    except KeyboardInterrupt:
+        # the pool is usable after the interrupt
+        assert np.array_equal(kernels.gemm(case.blob, x, **case.kw, threads=2), kernels.gemm(case.blob, x, **case.kw, threads=1))
+        print("interrupted-ok")
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_interrupts_a_loop_of_threaded_kernel_calls():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT.format(root=root)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "interrupted-ok" in r.stdout, r.stderr
