@@ -125,6 +125,22 @@ FORK_SCRIPT = textwrap.dedent("""
     with mp.get_context("fork").Pool(2) as p:
         assert all(np.array_equal(y, want) for y in p.map(work, range(4)))
     assert np.array_equal(kernels.gemm(case.blob, x, **case.kw, threads=2), want)  # the parent's pool still works
+    # fork while another thread is inside a threaded kernel call (the GIL is released there)
+    import threading
+    stop = []
+    def loop():
+        while not stop:
+            kernels.gemm(case.blob, x, **case.kw, threads=2)
+    t = threading.Thread(target=loop)
+    t.start()
+    for _ in range(5):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if np.array_equal(kernels.gemm(case.blob, x, **case.kw, threads=2), want) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+    stop.append(1)
+    t.join()
     print("fork-ok")
 """)
 
