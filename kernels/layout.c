@@ -7,8 +7,9 @@
  *   byte = (((tile*KO + ko)*(bm/32) + B)*kfactor + ki)*16 + l
  * where tile = r/bm, rr = r%bm, B = rr/32, h = (rr%32)/16, l = rr%16, ko = j/kfactor, ki = j%kfactor.
  *
- * Both functions work on a range of tiles so the caller can split a tensor across threads;
- * tiles own disjoint output bytes (pack) and disjoint weight rows (unpack).  The GIL is
+ * Both functions work on a range of tiles, split over the package's worker pool (pool.h, imported
+ * from tmac_convert._pool_native) when threads > 1; tiles own disjoint output bytes (pack) and
+ * disjoint weight rows (unpack), so the bytes do not depend on the thread count.  The GIL is
  * released while they run.
  */
 #define PY_SSIZE_T_CLEAN
@@ -16,6 +17,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool.h"
+
+static const tmac_pool_api *pool;
 
 /* Gather bit 0 of each of the 4 bytes of x into a nibble (byte t -> bit t). */
 static inline uint32_t gather4(uint32_t x) {
@@ -222,12 +227,26 @@ static uint32_t unpack_tiles(const uint8_t *blob, uint8_t *w, int64_t K, int bit
 
 typedef uint32_t (*tile_fn)(const uint8_t *, uint8_t *, int64_t, int, int64_t, int64_t, int64_t, int64_t);
 
-/* Shared argument handling: (src, dst, M0, K, bits, bm, kfactor, tile_begin, tile_end). */
+typedef struct {
+    tile_fn fn;
+    const uint8_t *src;
+    uint8_t *dst;
+    int64_t K, bm, kfactor, t0;
+    int bits;
+    uint32_t seen[TMAC_POOL_MAX_THREADS]; /* per thread: OR of the codes it read */
+} layout_job;
+
+static void layout_range(void *arg, int64_t a, int64_t b, int tid) {
+    layout_job *j = (layout_job *)arg;
+    j->seen[tid] = j->fn(j->src, j->dst, j->K, j->bits, j->bm, j->kfactor, j->t0 + a, j->t0 + b);
+}
+
+/* Shared argument handling: (src, dst, M0, K, bits, bm, kfactor, tile_begin, tile_end[, threads]). */
 static PyObject *run_tiles(PyObject *args, tile_fn fn, int src_is_codes) {
     Py_buffer src, dst;
     long long M0, K, bm, kfactor, t0, t1;
-    int bits;
-    if (!PyArg_ParseTuple(args, "y*w*LLiLLLL", &src, &dst, &M0, &K, &bits, &bm, &kfactor, &t0, &t1))
+    int bits, threads = 1;
+    if (!PyArg_ParseTuple(args, "y*w*LLiLLLL|i", &src, &dst, &M0, &K, &bits, &bm, &kfactor, &t0, &t1, &threads))
         return NULL;
     PyObject *result = NULL;
     const long long M = M0 * bits;
@@ -238,15 +257,41 @@ static PyObject *run_tiles(PyObject *args, tile_fn fn, int src_is_codes) {
         PyErr_SetString(PyExc_ValueError, "layout: inconsistent shape or tile arguments");
         goto done;
     }
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "layout: threads must be at least 1");
+        goto done;
+    }
     if (src.len < (src_is_codes ? codes_bytes : weight_bytes) ||
         dst.len < (src_is_codes ? weight_bytes : codes_bytes)) {
         PyErr_SetString(PyExc_ValueError, "layout: buffer too small for the given shape");
         goto done;
     }
-    uint32_t seen;
+    uint32_t seen = 0;
+    int ok = 1;
+    if (threads > TMAC_POOL_MAX_THREADS) threads = TMAC_POOL_MAX_THREADS;
+    layout_job *job = (layout_job *)PyMem_Calloc(1, sizeof(layout_job));
+    if (!job) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    job->fn = fn, job->src = (const uint8_t *)src.buf, job->dst = (uint8_t *)dst.buf;
+    job->K = K, job->bm = bm, job->kfactor = kfactor, job->t0 = t0, job->bits = bits;
     Py_BEGIN_ALLOW_THREADS
-    seen = fn((const uint8_t *)src.buf, (uint8_t *)dst.buf, K, bits, bm, kfactor, t0, t1);
+    if (threads == 1 || t1 - t0 <= 1) {
+        seen = fn(job->src, job->dst, K, bits, bm, kfactor, t0, t1);
+    } else if (pool->begin(0)) {
+        pool->run(threads, t1 - t0, layout_range, job);
+        pool->end();
+        for (int i = 0; i < threads; ++i) seen |= job->seen[i];
+    } else {
+        ok = 0;
+    }
     Py_END_ALLOW_THREADS
+    PyMem_Free(job);
+    if (!ok) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = PyLong_FromUnsignedLong(seen);
 done:
     PyBuffer_Release(&src);
@@ -259,15 +304,28 @@ static PyObject *py_unpack(PyObject *self, PyObject *args) { return run_tiles(ar
 
 static PyMethodDef methods[] = {
     {"pack_weights", py_pack, METH_VARARGS,
-     "pack_weights(codes, out, M0, K, bits, bm, kfactor, tile_begin, tile_end) -> int: codes uint8 "
-     "[M0*K] -> Format A weight bytes of tiles [tile_begin, tile_end) written into out; returns the OR "
-     "of every code of those tiles (for the range check)."},
+     "pack_weights(codes, out, M0, K, bits, bm, kfactor, tile_begin, tile_end, threads=1) -> int: codes "
+     "uint8 [M0*K] -> Format A weight bytes of tiles [tile_begin, tile_end) written into out, split over "
+     "the package's worker pool; returns the OR of every code of those tiles (for the range check)."},
     {"unpack_weights", py_unpack, METH_VARARGS,
-     "unpack_weights(blob, codes, M0, K, bits, bm, kfactor, tile_begin, tile_end): OR the codes of "
-     "tiles [tile_begin, tile_end) into the zero-initialised uint8 [M0*K] buffer codes."},
+     "unpack_weights(blob, codes, M0, K, bits, bm, kfactor, tile_begin, tile_end, threads=1): OR the codes "
+     "of tiles [tile_begin, tile_end) into the zero-initialised uint8 [M0*K] buffer codes, split over the "
+     "package's worker pool."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_layout_native", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__layout_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__layout_native(void) {
+    PyObject *owner = PyImport_ImportModule("tmac_convert._pool_native"); /* PyCapsule_Import would only
+                                                                            import the top package */
+    if (!owner) return NULL;
+    Py_DECREF(owner);
+    pool = (const tmac_pool_api *)PyCapsule_Import(TMAC_POOL_CAPSULE, 0);
+    if (!pool) return NULL;
+    if (pool->version != TMAC_POOL_API_VERSION) {
+        PyErr_SetString(PyExc_ImportError, "tmac_convert._pool_native has another API version: rebuild the package");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -5,12 +5,13 @@
  * This file holds the Python binding, the run-time choice of path (scalar, AVX2, NEON) and the
  * threading; the kernels are in lut_scalar.c, lut_avx2.c and lut_neon.c.
  *
- * Threads: the tables of each activation row are built first (rows split over threads), then the
- * tiles are split into contiguous ranges, one per thread; every output is computed by one thread
- * with the same sequence of operations whatever the thread count, so results are bit-identical
- * for any number of threads.  Tiles are the outer loop and activation rows the inner one, so a
- * tile's weights stay in cache while every row passes over them (GEMM = N GEMVs sharing the
- * tables of each row).  The GIL is released for the whole computation.
+ * Threads: the package's persistent worker pool (pool.h).  The tables of each activation row are built
+ * first (rows split over threads), then the tiles are split into contiguous ranges, one per thread; every
+ * output is computed by one thread with the same sequence of operations whatever the thread count, so
+ * results are bit-identical for any number of threads.  Tiles are the outer loop; one activation row
+ * (GEMV) goes through the per-tile kernel lut_tile_<isa> (the one T-MAC's fork calls), several rows
+ * (GEMM) through lut_tile_rows_<isa>, which reads each weight vector once per block of LUT_ROW_BLOCK
+ * rows.  The GIL is released for the whole computation.
  *
  * Arguments are checked again here even though tmac_convert.kernels checks them: a wrong call
  * must raise ValueError, never read out of bounds.
@@ -22,12 +23,8 @@
 
 #include "lut_core.h"
 
-#ifndef _WIN32
-#include <pthread.h>
-#define TMAC_THREADS 1
-#endif
-
-#define MAX_THREADS 256
+#include "pool.h"
+#include "probe.h"
 
 /* ---------------------------------------------------------------------------------------------
  * paths */
@@ -83,6 +80,17 @@ static lut_tile_fn tile_for(int path) {
     return lut_tile_scalar;
 }
 
+static lut_tile_rows_fn tile_rows_for(int path) {
+#ifdef TMAC_HAVE_AVX2
+    if (path == PATH_AVX2) return lut_tile_rows_avx2;
+#endif
+#ifdef TMAC_HAVE_NEON
+    if (path == PATH_NEON) return lut_tile_rows_neon;
+#endif
+    (void)path;
+    return lut_tile_rows_scalar;
+}
+
 static dq_tile_fn dq_for(int path) {
 #ifdef TMAC_HAVE_AVX2
     if (path == PATH_AVX2) return dq_tile_avx2;
@@ -100,52 +108,23 @@ static ref_fn ref_for(int path) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * threads: [0, n) split into nt contiguous ranges; fn(ctx, begin, end, thread index) */
+ * threads: the package's worker pool (pool.h), imported from tmac_convert._pool_native at module init.
+ * Every call takes the pool with the GIL released (begin ... end): a thread holding the pool never waits
+ * for the GIL, so two Python threads calling kernels cannot deadlock; the second waits for the first. */
 
-typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end, int tid);
-typedef struct {
-    range_fn fn;
-    void *ctx;
-    int64_t begin, end;
-    int tid;
-} range_job;
-
-static void *range_main(void *arg) {
-    range_job *j = (range_job *)arg;
-    j->fn(j->ctx, j->begin, j->end, j->tid);
-    return NULL;
-}
+static const tmac_pool_api *pool;
 
 static int clamp_threads(int nt, int64_t n) {
-    if (nt > MAX_THREADS) nt = MAX_THREADS;
+    if (nt > TMAC_POOL_MAX_THREADS) nt = TMAC_POOL_MAX_THREADS;
     if (nt > n) nt = (int)n;
     return nt < 1 ? 1 : nt;
 }
 
-static void parallel_for(int nt, int64_t n, range_fn fn, void *ctx) {
-    nt = clamp_threads(nt, n);
-    range_job jobs[MAX_THREADS];
-    for (int i = 0; i < nt; ++i) {
-        jobs[i].fn = fn;
-        jobs[i].ctx = ctx;
-        jobs[i].begin = n * i / nt;
-        jobs[i].end = n * (i + 1) / nt;
-        jobs[i].tid = i;
-    }
-#ifdef TMAC_THREADS
-    pthread_t th[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int i = 1; i < nt; ++i) started[i] = pthread_create(&th[i], NULL, range_main, &jobs[i]) == 0;
-    range_main(&jobs[0]);
-    for (int i = 1; i < nt; ++i) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            range_main(&jobs[i]); /* could not start a thread: do its share here */
-    }
-#else
-    for (int i = 0; i < nt; ++i) range_main(&jobs[i]); /* no threads on this platform */
-#endif
+/* Per-thread scratch of bytes for thread indices [0, nt); 0 on success, -1 when out of memory. */
+static int thread_scratch(int nt, size_t bytes, void **out) {
+    for (int i = 0; i < nt; ++i)
+        if (!(out[i] = pool->thread_scratch(i, bytes))) return -1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -195,10 +174,13 @@ typedef struct {
     int64_t n, nscale, nbias, nchunk, table_bytes;
     char *tables;
     float *lscale, *lbias, *sgscale, *vbias, *bsum; /* per row: [nscale], [nbias] x3, [nchunk] */
+    lut_row *rows;
     float fa_factor;
-    float *y, *scratch;
+    float *y;
+    void **scratch; /* per thread: (LUT_ROW_BLOCK + 1) * bm floats */
     build_fn build;
     lut_tile_fn tile;
+    lut_tile_rows_fn tile_rows;
 } gemm_ctx;
 
 /* Tables of rows [r0, r1), then what the tile kernels read per sub-group and per chunk. */
@@ -226,24 +208,33 @@ static void gemm_build(void *arg, int64_t r0, int64_t r1, int tid) {
             for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
             bs[ko] = b;
         }
+        c->rows[r].table = c->tables + r * c->table_bytes;
+        c->rows[r].sgscale = sgs;
+        c->rows[r].vbias = vb;
+        c->rows[r].bsum = bs;
     }
 }
 
+/* Tiles [t0, t1): one row (GEMV) goes through the per-tile kernel the fork also runs; several rows go
+ * through the row-block kernel, LUT_ROW_BLOCK rows per pass over the tile's weights. */
 static void gemm_tiles(void *arg, int64_t t0, int64_t t1, int tid) {
     gemm_ctx *c = (gemm_ctx *)arg;
     const lut_problem *p = c->p;
     const int64_t P = p->bm / p->bits, tile_bytes = p->k * p->bm / 8;
     const int64_t tile_scales = p->per_tensor ? 0 : (p->k / p->gs) * P * (p->zp ? 2 : 1);
-    float *C = c->scratch + (int64_t)tid * 2 * p->bm;
-    for (int64_t t = t0; t < t1; ++t)
-        for (int64_t r = 0; r < c->n; ++r) {
-            lut_row row;
-            row.table = c->tables + r * c->table_bytes;
-            row.sgscale = c->sgscale + r * c->nbias;
-            row.vbias = c->vbias + r * c->nbias;
-            row.bsum = c->bsum + r * c->nchunk;
-            c->tile(p, c->w + t * tile_bytes, c->S + t * tile_scales, &row, C, c->y + r * p->m0 + t * P);
+    float *C = (float *)c->scratch[tid];
+    for (int64_t t = t0; t < t1; ++t) {
+        const uint8_t *w = c->w + t * tile_bytes;
+        const float *S = c->S + t * tile_scales;
+        if (c->n == 1) {
+            c->tile(p, w, S, &c->rows[0], C, c->y + t * P);
+            continue;
         }
+        for (int64_t r0 = 0; r0 < c->n; r0 += LUT_ROW_BLOCK) {
+            const int64_t nr = c->n - r0 < LUT_ROW_BLOCK ? c->n - r0 : LUT_ROW_BLOCK;
+            c->tile_rows(p, w, S, c->rows + r0, nr, C, c->y + r0 * p->m0 + t * P, p->m0);
+        }
+    }
 }
 
 static PyObject *py_gemm(PyObject *self, PyObject *args) {
@@ -257,7 +248,6 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
                           &kf, &ags, &mode, &fa, &fa_factor, &path, &threads))
         return NULL;
     PyObject *result = NULL;
-    void *mem = NULL;
     memset(&p, 0, sizeof p);
     p.m0 = m0, p.k = k, p.gs = gs, p.bm = bm, p.kf = kf, p.ags = ags;
     p.bits = bits, p.zp = zp != 0, p.per_tensor = per_tensor != 0, p.mode = mode, p.fa = fa != 0;
@@ -271,6 +261,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     if (check_len(&y, n * p.m0 * 4, "y") < 0) goto done;
 
     gemm_ctx c;
+    void *scratch[TMAC_POOL_MAX_THREADS];
     memset(&c, 0, sizeof c);
     c.p = &p;
     c.w = (const uint8_t *)blob.buf;
@@ -285,33 +276,42 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     c.fa_factor = (float)fa_factor;
     c.build = build_for(chosen);
     c.tile = tile_for(chosen);
-    const int nt = clamp_threads(threads, p.m0 * p.bits / p.bm);
-    /* one allocation: tables, then per row scales, biases, sub-group scales and biases, chunk bias
-     * sums, then 2*bm floats of scratch per thread */
-    const size_t nfl = (size_t)n * (c.nscale + 3 * c.nbias + c.nchunk) + (size_t)nt * 2 * p.bm;
-    const size_t table_total = (size_t)n * c.table_bytes;
-    mem = malloc(table_total + nfl * sizeof(float) + 64);
-    if (!mem) {
+    c.tile_rows = tile_rows_for(chosen);
+    c.scratch = scratch;
+    const int64_t ntiles = p.m0 * p.bits / p.bm;
+    const int nt = clamp_threads(threads, ntiles);
+    /* the pool's shared workspace: tables, then per row scales, biases, sub-group scales and biases, chunk
+     * bias sums, then the row descriptors */
+    const size_t nfl = (size_t)n * (c.nscale + 3 * c.nbias + c.nchunk);
+    const size_t table_total = ((size_t)n * c.table_bytes + 63) / 64 * 64;
+    const size_t fl_total = (nfl * sizeof(float) + 63) / 64 * 64;
+    int ok = 0;
+    Py_BEGIN_ALLOW_THREADS
+    char *mem = (char *)pool->begin(table_total + fl_total + (size_t)n * sizeof(lut_row));
+    if (mem) {
+        if (thread_scratch(nt, (size_t)(LUT_ROW_BLOCK + 1) * p.bm * sizeof(float), scratch) == 0) {
+            c.tables = mem;
+            float *f = (float *)(mem + table_total);
+            c.lscale = f, f += n * c.nscale;
+            c.lbias = f, f += n * c.nbias;
+            c.sgscale = f, f += n * c.nbias;
+            c.vbias = f, f += n * c.nbias;
+            c.bsum = f;
+            c.rows = (lut_row *)(mem + table_total + fl_total);
+            pool->run(threads, n, gemm_build, &c);
+            pool->run(nt, ntiles, gemm_tiles, &c);
+            ok = 1;
+        }
+        pool->end();
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
         PyErr_NoMemory();
         goto done;
     }
-    c.tables = (char *)mem;
-    float *f = (float *)((char *)mem + ((table_total + 63) / 64) * 64);
-    c.lscale = f, f += n * c.nscale;
-    c.lbias = f, f += n * c.nbias;
-    c.sgscale = f, f += n * c.nbias;
-    c.vbias = f, f += n * c.nbias;
-    c.bsum = f, f += n * c.nchunk;
-    c.scratch = f;
-
-    Py_BEGIN_ALLOW_THREADS
-    parallel_for(threads, n, gemm_build, &c);
-    parallel_for(nt, p.m0 * p.bits / p.bm, gemm_tiles, &c);
-    Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    free(mem);
     PyBuffer_Release(&blob);
     PyBuffer_Release(&x);
     PyBuffer_Release(&y);
@@ -364,7 +364,8 @@ typedef struct {
     const uint8_t *w;
     const float *S, *x;
     int64_t n;
-    float *y, *scratch;
+    float *y;
+    void **scratch; /* per thread: scratch_per_thread floats */
     int64_t scratch_per_thread;
     dq_tile_fn tile;
 } dq_ctx;
@@ -376,7 +377,7 @@ static void dq_tiles(void *arg, int64_t t0, int64_t t1, int tid) {
     const int64_t tile_scales = p->per_tensor ? 0 : (p->k / p->gs) * P * (p->zp ? 2 : 1);
     for (int64_t t = t0; t < t1; ++t)
         c->tile(p, c->w + t * tile_bytes, c->S + t * tile_scales, c->x, c->n, c->y + t * P, p->m0,
-                c->scratch + tid * c->scratch_per_thread);
+                (float *)c->scratch[tid]);
 }
 
 static PyObject *py_dequant_gemm(PyObject *self, PyObject *args) {
@@ -389,7 +390,7 @@ static PyObject *py_dequant_gemm(PyObject *self, PyObject *args) {
                           &path, &threads))
         return NULL;
     PyObject *result = NULL;
-    float *scratch = NULL;
+    void *scratch[TMAC_POOL_MAX_THREADS];
     memset(&p, 0, sizeof p);
     p.m0 = m0, p.k = k, p.gs = gs, p.bm = bm, p.kf = kf, p.bits = bits, p.zp = zp != 0, p.per_tensor = per_tensor != 0;
     const int chosen = choose_path(path);
@@ -402,22 +403,26 @@ static PyObject *py_dequant_gemm(PyObject *self, PyObject *args) {
     if (check_len(&y, n * p.m0 * 4, "y") < 0) goto done;
     const int64_t ntiles = p.m0 * p.bits / p.bm;
     const int nt = clamp_threads(threads, ntiles);
-    dq_ctx c = {&p, (const uint8_t *)blob.buf, NULL, (const float *)x.buf, n, (float *)y.buf, NULL,
+    dq_ctx c = {&p, (const uint8_t *)blob.buf, NULL, (const float *)x.buf, n, (float *)y.buf, scratch,
                 4 * p.kf * 8 + 8 * n, dq_for(chosen)};
     c.S = (const float *)((const uint8_t *)blob.buf + p.m0 * p.k * p.bits / 8);
-    scratch = (float *)malloc((size_t)nt * c.scratch_per_thread * sizeof(float));
-    if (!scratch) {
+    int ok = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (pool->begin(0)) {
+        if (thread_scratch(nt, (size_t)c.scratch_per_thread * sizeof(float), scratch) == 0) {
+            pool->run(nt, ntiles, dq_tiles, &c);
+            ok = 1;
+        }
+        pool->end();
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
         PyErr_NoMemory();
         goto done;
     }
-    c.scratch = scratch;
-    Py_BEGIN_ALLOW_THREADS
-    parallel_for(nt, ntiles, dq_tiles, &c);
-    Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    free(scratch);
     PyBuffer_Release(&blob);
     PyBuffer_Release(&x);
     PyBuffer_Release(&y);
@@ -476,8 +481,17 @@ static PyObject *py_reference(PyObject *self, PyObject *args) {
                  (const double *)s.buf, have_z ? (const double *)z.buf : NULL, (const double *)A.buf,
                  (double *)y.buf, ref_for(chosen)};
     Py_BEGIN_ALLOW_THREADS
-    parallel_for(threads, m0, ref_range, &c);
+    if (pool->begin(0)) { /* begin(0) only fails if no 64 bytes can be had; then the error below */
+        pool->run(threads, m0, ref_range, &c);
+        pool->end();
+    } else {
+        c.fn = NULL;
+    }
     Py_END_ALLOW_THREADS
+    if (!c.fn) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -488,6 +502,49 @@ done:
     PyBuffer_Release(&A);
     PyBuffer_Release(&y);
     return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * read probe (benchmarks): the buffer split into 4 KiB pages over the pool, like the kernels' tiles */
+
+typedef struct {
+    const uint8_t *p;
+    int64_t len;
+    uint64_t sum[TMAC_POOL_MAX_THREADS];
+} probe_ctx;
+
+static void probe_range(void *arg, int64_t a, int64_t b, int tid) {
+    probe_ctx *c = (probe_ctx *)arg;
+    const int64_t end = b * 4096 < c->len ? b * 4096 : c->len;
+    c->sum[tid] = read_probe(c->p + a * 4096, end - a * 4096);
+}
+
+static PyObject *py_read_probe(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*i", &buf, &threads)) return NULL;
+    probe_ctx *c = (probe_ctx *)PyMem_Calloc(1, sizeof(probe_ctx));
+    if (!c) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
+    c->p = (const uint8_t *)buf.buf;
+    c->len = buf.len;
+    uint64_t total = 0;
+    int ok = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (pool->begin(0)) {
+        pool->run(threads, (c->len + 4095) / 4096, probe_range, c);
+        pool->end();
+        for (int i = 0; i < TMAC_POOL_MAX_THREADS; ++i) total += c->sum[i];
+        ok = 1;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(c);
+    PyBuffer_Release(&buf);
+    if (!ok) return PyErr_NoMemory();
+    return PyLong_FromUnsignedLongLong(total);
 }
 
 static PyObject *py_paths(PyObject *self, PyObject *noargs) {
@@ -521,10 +578,25 @@ static PyMethodDef methods[] = {
      "reference(codes, a, scales, zeros, A, y, M0, K, N, gs, bits, path, threads): y float64 [N, M0] = the "
      "verification reference from uint8 codes [M0, K], int16 a [N, K], float64 scales/zeros [M0, K/gs] (zeros "
      "may be None) and float64 A [K/gs, N] = group sums of a; exact integer dots, float64 group sums."},
+    {"read_probe", py_read_probe, METH_VARARGS,
+     "read_probe(buffer, threads) -> int: read every byte of the buffer (AVX2 loads, four accumulators) split "
+     "over the worker pool, returning their sum; benchmarks time it as the streaming-read bandwidth."},
     {"paths", py_paths, METH_NOARGS, "paths() -> the kernel paths this build can run on this CPU."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lut_native", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__lut_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__lut_native(void) {
+    PyObject *owner = PyImport_ImportModule("tmac_convert._pool_native"); /* PyCapsule_Import would only
+                                                                            import the top package */
+    if (!owner) return NULL;
+    Py_DECREF(owner);
+    pool = (const tmac_pool_api *)PyCapsule_Import(TMAC_POOL_CAPSULE, 0);
+    if (!pool) return NULL;
+    if (pool->version != TMAC_POOL_API_VERSION) {
+        PyErr_SetString(PyExc_ImportError, "tmac_convert._pool_native has another API version: rebuild the package");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -172,8 +172,15 @@ INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m
  * compile-time constant in the specialised copies below; 0 means "use p->actk"). */
 #define INLINE static inline __attribute__((always_inline))
 
+/* Where row block q (0..3) of 32-row block B lives: plane 0 or not, and the offset of its 8 scales.  With a
+ * compile-time BITS of 1, 2 or 4 (4 divides 32/8), both follow from q alone, with no table look-up or branch
+ * on data; otherwise from the precomputed info table. */
+#define PLANE0(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? ((q) % (BITS ? BITS : 1) == 0) : (bi[q] & 1))
+#define SOFF(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? (B * (4 / (BITS ? BITS : 1)) + (q) / (BITS ? BITS : 1)) * blk \
+                                                        : (int64_t)(bi[q] >> 1))
+
 INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
-                           float *y, const int64_t ACTK, const int fa) {
+                           float *y, const int64_t ACTK, const int fa, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
     const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
     const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
@@ -205,7 +212,7 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
                     sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
                 for (int q = 0; q < 4; ++q) {
                     __m256 v = _mm256_mul_ps(f[q], vs);
-                    if (bi[q] & 1) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
+                    if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
                     acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
                 }
             }
@@ -215,9 +222,9 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
                 if (per_tensor) {
                     cv = _mm256_add_ps(cv, acc[q]);
                 } else {
-                    const float *sq = Sg + (bi[q] >> 1);
+                    const float *sq = Sg + SOFF(q);
                     cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
-                    if (zp && (bi[q] & 1))
+                    if (zp && PLANE0(q))
                         cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
                 }
                 _mm256_storeu_ps(cb + q * 8, cv);
@@ -245,15 +252,150 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
         return;
     }
     if (p->fa) {
-        tile_int8(p, w, S, row, C, y, 0, 1);
+        tile_int8(p, w, S, row, C, y, 0, 1, 0);
         return;
     }
-    switch (p->actk) { /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32) */
-    case 8: tile_int8(p, w, S, row, C, y, 8, 0); break;
-    case 16: tile_int8(p, w, S, row, C, y, 16, 0); break;
-    case 32: tile_int8(p, w, S, row, C, y, 32, 0); break;
-    default: tile_int8(p, w, S, row, C, y, 0, 0); break;
+    /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32), and the bit widths whose
+     * plane pattern is the same in every 32-row block */
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_int8(p, w, S, row, C, y, A, 0, 1); break; \
+    case 2: tile_int8(p, w, S, row, C, y, A, 0, 2); break; \
+    case 4: tile_int8(p, w, S, row, C, y, A, 0, 4); break; \
+    default: tile_int8(p, w, S, row, C, y, A, 0, 0); break; }
+    switch (p->actk) {
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
     }
+#undef BY_BITS
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Row block (GEMM): per chunk and 32-row block, the block's weight vectors are split into their low and
+ * high nibbles once, then every row of the block looks its tables up with them.  The weight bytes are
+ * read once per row block instead of once per row, and the nibble extraction (3 of the 13 vector
+ * operations per table pair) is shared.  Each row's integer sums and float operations are those of
+ * tile_int8, in the same order, so the outputs are the same bits. */
+
+/* Sums of one sub-group from pre-split nibbles: lo[i], hi[i] index tables 2i (low lane) and 2i+1. */
+INLINE_FWD AVX2 void sums_split(const __m256i *lo, const __m256i *hi, const int8_t *tv, int64_t n, __m256 f[4]) {
+    const __m256i even = _mm256_set1_epi16(0x0001), odd = _mm256_set1_epi16(0x0100);
+    __m256i ae = _mm256_setzero_si256(), ao = ae, be = ae, bo = ae;
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < n / 2; ++i) {
+        const __m256i T = _mm256_loadu_si256((const __m256i *)(tv + 32 * i));
+        const __m256i a = _mm256_shuffle_epi8(T, _mm256_load_si256(lo + i));
+        const __m256i b = _mm256_shuffle_epi8(T, _mm256_load_si256(hi + i));
+        ae = _mm256_add_epi16(ae, _mm256_maddubs_epi16(even, a));
+        ao = _mm256_add_epi16(ao, _mm256_maddubs_epi16(odd, a));
+        be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
+        bo = _mm256_add_epi16(bo, _mm256_maddubs_epi16(odd, b));
+    }
+    const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
+    const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
+    const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
+    const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+}
+
+#define ROWS_MAX_KF 32
+
+INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
+                                int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
+    const int64_t actk = ACTK ? ACTK : p->actk;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
+    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const __m256 two = _mm256_set1_ps(2.0f);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i lo[ROWS_MAX_KF / 2], hi[ROWS_MAX_KF / 2];
+    int32_t *info = (int32_t *)(C + nrows * bm);
+    for (int64_t ib = 0; ib < bm / 8; ++ib) info[ib] = (int32_t)((ib / b) * blk * 2 + (ib % b == 0));
+    const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
+    memset(C, 0, (size_t)(nrows * bm) * sizeof(float));
+    const float *Sg = S;
+    int64_t left = chunks_per_group;
+    for (int64_t ko = 0; ko < KO; ++ko) {
+        const uint8_t *wk = w + ko * nB * kf * 16;
+        for (int64_t B = 0; B < nB; ++B) {
+            const int32_t *bi = info + 4 * B;
+            const uint8_t *wb = wk + B * kf * 16;
+            for (int64_t i = 0; i < kf / 2; ++i) {
+                const __m256i W = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
+                lo[i] = _mm256_and_si256(W, m4);
+                hi[i] = _mm256_and_si256(_mm256_srli_epi16(W, 4), m4);
+            }
+            for (int64_t r = 0; r < nrows; ++r) {
+                const lut_row *row = rows + r;
+                const int8_t *tk = (const int8_t *)row->table + ko * kf * 16;
+                __m256 acc[4];
+                for (int64_t sub = 0; sub < nsub; ++sub) {
+                    const int64_t sg = ko * nsub + sub;
+                    const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
+                    __m256 f[4];
+                    sums_split(lo + sub * actk / 2, hi + sub * actk / 2, tk + sub * actk * 16, actk, f);
+                    for (int q = 0; q < 4; ++q) {
+                        __m256 v = _mm256_mul_ps(f[q], vs);
+                        if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
+                        acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
+                    }
+                }
+                float *cb = C + r * bm + B * 32;
+                const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
+                for (int q = 0; q < 4; ++q) {
+                    __m256 cv = _mm256_loadu_ps(cb + q * 8);
+                    if (per_tensor) {
+                        cv = _mm256_add_ps(cv, acc[q]);
+                    } else {
+                        const float *sq = Sg + SOFF(q);
+                        cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
+                        if (zp && PLANE0(q))
+                            cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
+                    }
+                    _mm256_storeu_ps(cb + q * 8, cv);
+                }
+            }
+        }
+        if (--left == 0) {
+            Sg += group_stride;
+            left = chunks_per_group;
+        }
+    }
+    for (int64_t r = 0; r < nrows; ++r) {
+        const float *Cr = C + r * bm;
+        for (int64_t ob = 0; ob < P / 8; ++ob) {
+            __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(Cr + ob * 8 * b));
+            for (int i = 1; i < b; ++i)
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps((float)(1 << (i - 1))),
+                                                   _mm256_loadu_ps(Cr + ob * 8 * b + i * 8)));
+            if (per_tensor) v = _mm256_mul_ps(v, _mm256_set1_ps(S[0]));
+            _mm256_storeu_ps(y + r * ldy + ob * 8, v);
+        }
+    }
+}
+
+AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
+                             int64_t nrows, float *C, float *y, int64_t ldy) {
+    /* float tables, fast aggregation, odd sub-groups or wide chunks: one row at a time */
+    if (p->mode != LUT_INT8 || p->fa || (p->actk & 1) || p->kf > ROWS_MAX_KF) {
+        for (int64_t r = 0; r < nrows; ++r) lut_tile_avx2(p, w, S, rows + r, C, y + r * ldy);
+        return;
+    }
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 1); break; \
+    case 2: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 2); break; \
+    case 4: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 4); break; \
+    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 0); break; }
+    switch (p->actk) {
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
+    }
+#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -67,6 +67,16 @@ typedef void (*lut_tile_fn)(const lut_problem *p, const uint8_t *w, const float 
 void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row,
                      float *C, float *y);
 
+/* Several activation rows through one tile (the GEMM): rows[r] as in lut_tile_*, row r's outputs at
+ * y + r*ldy; C is (nrows + 1)*bm floats of scratch.  Gives exactly what nrows calls of the one-row
+ * function give (every output's float operations are the same); the SIMD versions read each weight
+ * vector once for all the rows.  nrows is at most LUT_ROW_BLOCK. */
+#define LUT_ROW_BLOCK 8
+typedef void (*lut_tile_rows_fn)(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
+                                 int64_t nrows, float *C, float *y, int64_t ldy);
+void lut_tile_rows_scalar(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
+                          int64_t nrows, float *C, float *y, int64_t ldy);
+
 /* Baseline: dequantise a tile's weights to float and multiply by n activation rows with FMAs.
  * x is [n][k], y gets [n][ldy] at the tile's outputs; work is 4*kf*8 + 8*n floats of scratch. */
 typedef void (*dq_tile_fn)(const lut_problem *p, const uint8_t *w, const float *s, const float *x,
@@ -89,6 +99,8 @@ void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_group, 
                     float *lscale, float *lbias);
 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
                    float *y);
+void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
+                        int64_t nrows, float *C, float *y, int64_t ldy);
 void dq_tile_avx2(const lut_problem *p, const uint8_t *w, const float *s, const float *x, int64_t n,
                   float *y, int64_t ldy, float *work);
 void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
@@ -99,6 +111,8 @@ void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t 
 #define TMAC_HAVE_NEON 1
 void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
                    float *y);
+void lut_tile_rows_neon(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
+                        int64_t nrows, float *C, float *y, int64_t ldy);
 #endif
 
 /* 1/scale, or 0 where that is not finite (all-zero groups, or a scale so small that 1/scale

@@ -115,4 +115,10 @@ void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *S, const
         }
 }
 
+/* Row block: one row after another (the weight-reusing order is AVX2-only so far). */
+void lut_tile_rows_neon(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows, int64_t nrows,
+                        float *C, float *y, int64_t ldy) {
+    for (int64_t r = 0; r < nrows; ++r) lut_tile_neon(p, w, S, rows + r, C, y + r * ldy);
+}
+
 #endif /* TMAC_HAVE_NEON */

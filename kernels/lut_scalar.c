@@ -218,3 +218,9 @@ void ref_rows_scalar(const uint8_t *codes, int64_t rows, int64_t k, const int16_
             y[j * ldy + r] = acc;
         }
 }
+
+/* The scalar row block is the plain statement: one row after another. */
+void lut_tile_rows_scalar(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows, int64_t nrows,
+                          float *C, float *y, int64_t ldy) {
+    for (int64_t r = 0; r < nrows; ++r) lut_tile_scalar(p, w, S, rows + r, C, y + r * ldy);
+}

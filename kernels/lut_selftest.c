@@ -7,7 +7,8 @@
  *
  * and, built natively on x86, the AVX2 path.  Random blobs (any byte is a valid layout), scales, zeros
  * and activations over bits 1-4, zero points, per-tensor scales, kfactor 8/16/32, act groups 32/64/K,
- * int8, float and fast-aggregation tables; every output must equal the scalar kernel's bit for bit.
+ * int8, float and fast-aggregation tables, one row (lut_tile_*) and a block of 3 rows (lut_tile_rows_*);
+ * every output must equal the scalar kernel's bit for bit.
  * Prints "OK <cases> <path>" and exits 0, or the first mismatch and exits 1.
  */
 #include <stdio.h>
@@ -25,7 +26,9 @@ static uint32_t rnd(void) {
 }
 static float frand(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
 
-static int run_case(lut_tile_fn simd, int bits, int64_t m0, int64_t k, int64_t bm, int64_t kf, int64_t gs, int zp,
+#define NR 3 /* activation rows of the row-block check */
+
+static int run_case(lut_tile_fn simd, lut_tile_rows_fn simd_rows, int bits, int64_t m0, int64_t k, int64_t bm, int64_t kf, int64_t gs, int zp,
                     int per_tensor, int64_t ags, int mode, int fa) {
     lut_problem p;
     memset(&p, 0, sizeof p);
@@ -36,29 +39,38 @@ static int run_case(lut_tile_fn simd, int bits, int64_t m0, int64_t k, int64_t b
     const int64_t nscales = per_tensor ? 1 : m0 * (k / p.gs) * (p.zp ? 2 : 1);
     const int64_t nbias = k / (4 * p.actk), nchunk = k / (4 * kf), nsub = kf / p.actk;
     uint8_t *w = malloc(wbytes);
-    float *s = malloc(nscales * sizeof(float)), *x = malloc(k * sizeof(float));
-    void *table = malloc((k / 4) * 16 * sizeof(float));
-    float *ls = malloc((k / ags) * sizeof(float)), *lb = malloc(nbias * sizeof(float));
-    float *sgs = malloc(nbias * sizeof(float)), *vb = malloc(nbias * sizeof(float)), *bs = malloc(nchunk * sizeof(float));
-    float *C = malloc(2 * bm * sizeof(float)), *y1 = malloc(P * sizeof(float)), *y2 = malloc(P * sizeof(float));
+    float *s = malloc(nscales * sizeof(float)), *x = malloc(NR * k * sizeof(float));
+    char *table = malloc(NR * (k / 4) * 16 * sizeof(float));
+    float *ls = malloc(NR * (k / ags) * sizeof(float)), *lb = malloc(NR * nbias * sizeof(float));
+    float *sgs = malloc(NR * nbias * sizeof(float)), *vb = malloc(NR * nbias * sizeof(float));
+    float *bs = malloc(NR * nchunk * sizeof(float));
+    float *C = malloc((NR + 1) * bm * sizeof(float)), *y1 = malloc(P * sizeof(float)), *y2 = malloc(P * sizeof(float));
+    float *yr = malloc(NR * P * sizeof(float));
     for (int64_t i = 0; i < wbytes; ++i) w[i] = (uint8_t)rnd();
     for (int64_t i = 0; i < nscales; ++i) s[i] = 0.01f + 0.04f * (frand() + 1.0f);
-    for (int64_t i = 0; i < k; ++i) x[i] = 3.0f * frand();
-    lut_build_scalar(x, k, ags, 4 * p.actk, mode, table, ls, lb);
-    /* what lut.c derives per row: sub-group scales and plane-0 biases, chunk bias sums */
+    for (int64_t i = 0; i < NR * k; ++i) x[i] = 3.0f * frand() * (float)(1 + i / k);
+    lut_row rows[NR];
     const int levels = p.actk >= 32 ? 5 : p.actk >= 16 ? 4 : p.actk >= 8 ? 3 : p.actk >= 4 ? 2 : p.actk >= 2 ? 1 : 0;
     const float factor = (float)(levels / 4.0 * ((1 << bits) - 1));
-    for (int64_t sg = 0; sg < nbias; ++sg) {
-        const float sc = ls[sg * 4 * p.actk / ags];
-        sgs[sg] = fa ? sc * (float)p.actk : sc;
-        vb[sg] = fa ? lb[sg] - sgs[sg] * factor : lb[sg];
+    for (int r = 0; r < NR; ++r) {
+        char *tr = table + r * (k / 4) * 16 * sizeof(float);
+        float *lsr = ls + r * (k / ags), *lbr = lb + r * nbias, *sgr = sgs + r * nbias, *vbr = vb + r * nbias;
+        float *bsr = bs + r * nchunk;
+        lut_build_scalar(x + r * k, k, ags, 4 * p.actk, mode, tr, lsr, lbr);
+        /* what lut.c derives per row: sub-group scales and plane-0 biases, chunk bias sums */
+        for (int64_t sg = 0; sg < nbias; ++sg) {
+            const float sc = lsr[sg * 4 * p.actk / ags];
+            sgr[sg] = fa ? sc * (float)p.actk : sc;
+            vbr[sg] = fa ? lbr[sg] - sgr[sg] * factor : lbr[sg];
+        }
+        for (int64_t ko = 0; ko < nchunk; ++ko) {
+            float b = 0.0f;
+            for (int64_t sub = 0; sub < nsub; ++sub) b = b + lbr[ko * nsub + sub];
+            bsr[ko] = b;
+        }
+        rows[r].table = tr, rows[r].sgscale = sgr, rows[r].vbias = vbr, rows[r].bsum = bsr;
     }
-    for (int64_t ko = 0; ko < nchunk; ++ko) {
-        float b = 0.0f;
-        for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
-        bs[ko] = b;
-    }
-    lut_row row = {table, sgs, vb, bs};
+    const lut_row row = rows[0];
     int bad = 0;
     const int64_t tile_scales = per_tensor ? 0 : (k / p.gs) * P * (p.zp ? 2 : 1);
     for (int64_t t = 0; t < ntiles && !bad; ++t) {
@@ -73,19 +85,35 @@ static int run_case(lut_tile_fn simd, int bits, int64_t m0, int64_t k, int64_t b
                 bad = 1;
                 break;
             }
+        /* the row block against one scalar call per row */
+        simd_rows(&p, w + t * k * bm / 8, s + t * tile_scales, rows, NR, C, yr, P);
+        for (int r = 0; r < NR && !bad; ++r) {
+            lut_tile_scalar(&p, w + t * k * bm / 8, s + t * tile_scales, &rows[r], C, y1);
+            for (int64_t i = 0; i < P; ++i)
+                if (y1[i] != yr[r * P + i]) {
+                    printf("MISMATCH (row block) bits %d bm %lld kf %lld zp %d pt %d ags %lld mode %d fa %d: tile %lld "
+                           "row %d out %lld scalar %.9g simd %.9g\n", bits, (long long)bm, (long long)kf, p.zp,
+                           per_tensor, (long long)ags, mode, fa, (long long)t, r, (long long)i, y1[i], yr[r * P + i]);
+                    bad = 1;
+                    break;
+                }
+        }
     }
     free(w), free(s), free(x), free(table), free(ls), free(lb), free(sgs), free(vb), free(bs), free(C), free(y1), free(y2);
+    free(yr);
     return bad;
 }
 
 int main(void) {
     lut_tile_fn simd = NULL;
+    lut_tile_rows_fn simd_rows = NULL;
     const char *name = "none";
 #if defined(TMAC_HAVE_NEON)
-    simd = lut_tile_neon, name = "neon";
+    simd = lut_tile_neon, simd_rows = lut_tile_rows_neon, name = "neon";
 #elif defined(TMAC_HAVE_AVX2)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) simd = lut_tile_avx2, name = "avx2";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        simd = lut_tile_avx2, simd_rows = lut_tile_rows_avx2, name = "avx2";
 #endif
     if (!simd) {
         printf("SKIP no SIMD path in this build\n");
@@ -105,7 +133,7 @@ int main(void) {
                         const int zp = var == 1, per_tensor = var == 2 && bits == 2;
                         const int mode = var == 3 ? LUT_FLOAT : LUT_INT8;
                         for (int fa = 0; fa <= (mode == LUT_INT8); ++fa) {
-                            if (run_case(simd, bits, m0, k, bm, kf, gs, zp, per_tensor, ags, mode, fa)) return 1;
+                            if (run_case(simd, simd_rows, bits, m0, k, bm, kf, gs, zp, per_tensor, ags, mode, fa)) return 1;
                             ++cases;
                         }
                     }

@@ -1,14 +1,12 @@
-"""One process-wide thread pool for GIL-releasing native work split into index ranges."""
+"""The package's thread count.
+
+Every multi-threaded step runs in native code on one persistent worker pool (``kernels/pool.c``, shared by the
+LUT kernels and the layout engine through ``tmac_convert._pool_native``); Python only says how many threads.
+"""
 
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
 
 
 def cpu_count() -> int:
@@ -17,25 +15,3 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _get_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(2, cpu_count()), thread_name_prefix="tmac")
-        return _pool
-
-
-def run_ranges(fn: Callable[[int, int], int], n: int, threads: int) -> list[int]:
-    """Call ``fn(begin, end)`` over ``threads`` contiguous slices of ``range(n)``; results in slice order.
-
-    With one thread (or from inside a pool worker, to avoid waiting on our own pool) it runs inline.
-    """
-    threads = max(1, min(threads, n))
-    if threads == 1 or threading.current_thread().name.startswith("tmac"):
-        return [fn(0, n)]
-    edges = [n * i // threads for i in range(threads + 1)]
-    pool = _get_pool()
-    futures = [pool.submit(fn, a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    return [f.result() for f in futures]

@@ -13,12 +13,14 @@ The kernel path can be forced with ``path=`` or the environment variable ``TMAC_
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
 from ..errors import TmacError
 from ..layouts.format_a import unpack
+from ..parallel import cpu_count
 from . import reference
 from ._native import native
 from .spec import LUT_MODES, Problem, as_activations, check_fast_aggregation, fast_aggregation_bias_factor, resolve
@@ -53,9 +55,14 @@ def resolve_path(path: str | None = None) -> str:
     return want
 
 
+@functools.lru_cache(maxsize=1)
+def _default_threads() -> int:
+    return cpu_count()  # asked once: the query reads /sys, tens of microseconds against a GEMV of ~100
+
+
 def _threads(threads: int | None) -> int:
     if threads is None:
-        return os.cpu_count() or 1
+        return _default_threads()
     if int(threads) < 1:
         raise TmacError(f"threads must be at least 1, got {threads}", rule="threads >= 1")
     return int(threads)
@@ -74,7 +81,8 @@ def gemm(blob: np.ndarray, x: np.ndarray, *, m: int, k: int, bits: int, group_si
         act_group_size: activations per int8 LUT scale; -1 or None for the whole K.  Must satisfy
             ``(4·kfactor) % act_group_size == 0`` unless it equals K.
         lut: ``"int8"`` (T-MAC's runtime) or ``"float"`` (unquantised tables: the exact check).
-        threads: worker threads over tiles (default: all cores); the result does not depend on it.
+        threads: threads of the package's native worker pool, over tiles (default: the cores this process may
+            run on); the result does not depend on it.
         fast_aggregation: T-MAC's ``-fa`` (rounding-halving adds instead of int16 sums; approximate).
         path: force a kernel path (see :func:`resolve_path`).
         name: tensor name for error messages.

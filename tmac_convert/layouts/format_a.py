@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import LayoutError
 from ..format.rules import scales_size
 from .constraints import check_layout
-from ..parallel import cpu_count, run_ranges
+from ..parallel import cpu_count
 from ._native import native
 
 _LE_F32 = np.dtype("<f4")
@@ -126,11 +126,9 @@ def _threads(threads: int | None, nbytes: int) -> int:
 
 def _run_tiles(fn, src: np.ndarray, dst: np.ndarray, m0: int, k: int, bits: int, bm: int, kfactor: int,
                threads: int) -> int:
-    """Run a native tile function over all tiles, split across ``threads``; returns the OR of the results."""
-    seen = 0
-    for r in run_ranges(lambda a, b: fn(src, dst, m0, k, bits, bm, kfactor, a, b), m0 * bits // bm, threads):
-        seen |= r
-    return seen
+    """Run a native tile function over all tiles, split across ``threads`` of the native pool; returns the OR of
+    the codes it read."""
+    return fn(src, dst, m0, k, bits, bm, kfactor, 0, m0 * bits // bm, threads)
 
 
 def _range_error(codes: np.ndarray, bits: int, name: str | None) -> LayoutError:

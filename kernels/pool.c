@@ -1,0 +1,219 @@
+/*
+ * The persistent worker pool (see pool.h for the model).  No Python here.
+ *
+ * Hand-off: each worker has its own generation counter and condition variable.  run() writes the job,
+ * bumps the generation of each participating worker only (idle workers beyond nt are not woken) and
+ * signals it; a worker spins briefly on its counter before sleeping, so back-to-back calls (a decode loop)
+ * hand off without a sleep/wake round trip, while an idle pool does not burn a shared machine's cores.
+ * Completion is one atomic counter; the caller spins briefly on it, then sleeps on a condition variable.
+ */
+#define _POSIX_C_SOURCE 200809L /* posix_memalign under -std=c11 */
+
+#include "pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN 64
+
+static void *aligned_grow(void **buf, size_t *have, size_t want) {
+    if (*buf && *have >= want) return *buf;
+    free(*buf);
+    *buf = NULL;
+    *have = 0;
+    want = (want + ALIGN - 1) / ALIGN * ALIGN;
+    if (want == 0) want = ALIGN;
+#ifdef _WIN32
+    *buf = malloc(want);
+#else
+    if (posix_memalign(buf, ALIGN, want) != 0) *buf = NULL;
+#endif
+    if (*buf) *have = want;
+    return *buf;
+}
+
+#ifdef _WIN32
+/* No pthreads here: the same API runs every range on the calling thread, in order. */
+
+static void *shared_buf;
+static size_t shared_size;
+static void *scratch_buf[TMAC_POOL_MAX_THREADS];
+static size_t scratch_size[TMAC_POOL_MAX_THREADS];
+
+static void *pool_begin(size_t bytes) { return aligned_grow(&shared_buf, &shared_size, bytes); }
+static void pool_end(void) {}
+static int pool_workers(void) { return 0; }
+static void *pool_thread_scratch(int tid, size_t bytes) {
+    if (tid < 0 || tid >= TMAC_POOL_MAX_THREADS) return NULL;
+    return aligned_grow(&scratch_buf[tid], &scratch_size[tid], bytes);
+}
+static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
+    if (nt > TMAC_POOL_MAX_THREADS) nt = TMAC_POOL_MAX_THREADS;
+    if (nt > n) nt = (int)n;
+    if (nt < 1) nt = 1;
+    for (int i = 0; i < nt; ++i) fn(ctx, n * i / nt, n * (i + 1) / nt, i);
+}
+
+#else
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* Pause iterations before sleeping: some tens of microseconds, about one Python call's overhead. */
+#define SPIN 4000
+
+typedef struct {
+    _Atomic uint64_t gen;  /* bumped by run() when this worker has a range */
+    int64_t begin, end;
+    pthread_cond_t cv;
+    pthread_t th;
+} worker;
+
+static struct {
+    pthread_mutex_t call; /* held from begin to end: one call at a time */
+    pthread_mutex_t mu;   /* guards the sleeps and wake-ups */
+    pthread_cond_t done;
+    _Atomic int remaining;
+    pool_range_fn fn;
+    void *ctx;
+    int nworkers;          /* worker i serves thread index i + 1 */
+    worker w[TMAC_POOL_MAX_THREADS];
+    void *shared;
+    size_t shared_size;
+    void *scratch[TMAC_POOL_MAX_THREADS];
+    size_t scratch_size[TMAC_POOL_MAX_THREADS];
+} P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void finish_one(void) {
+    if (atomic_fetch_sub(&P.remaining, 1) == 1) {
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_signal(&P.done);
+        pthread_mutex_unlock(&P.mu);
+    }
+}
+
+static void *worker_main(void *arg) {
+    worker *w = (worker *)arg;
+    const int tid = (int)(w - P.w) + 1;
+    uint64_t seen = 0; /* not a load: run() may have bumped gen before this thread got here */
+    for (;;) {
+        int spins = 0;
+        while (atomic_load(&w->gen) == seen && spins < SPIN) {
+            CPU_RELAX();
+            ++spins;
+        }
+        if (atomic_load(&w->gen) == seen) {
+            pthread_mutex_lock(&P.mu);
+            while (atomic_load(&w->gen) == seen) pthread_cond_wait(&w->cv, &P.mu);
+            pthread_mutex_unlock(&P.mu);
+        }
+        seen = atomic_load(&w->gen);
+        P.fn(P.ctx, w->begin, w->end, tid);
+        finish_one();
+    }
+    return NULL;
+}
+
+/* fork(): the child has only the forking thread.  The prepare handler takes the call lock, so the child
+ * never inherits a pool in the middle of a call; the child then forgets its (absent) workers and re-creates
+ * its locks.  Scratch buffers stay: their memory was copied into the child. */
+static void atfork_prepare(void) { pthread_mutex_lock(&P.call); }
+static void atfork_parent(void) { pthread_mutex_unlock(&P.call); }
+static void atfork_child(void) {
+    pthread_mutex_init(&P.call, NULL);
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_cond_init(&P.done, NULL);
+    P.nworkers = 0;
+    atomic_store(&P.remaining, 0);
+}
+static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
+
+/* Start workers until there are want of them (or thread creation fails); with every signal blocked, so
+ * that Ctrl-C reaches the interpreter's thread. */
+static void grow_workers(int want) {
+    if (want <= P.nworkers) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (P.nworkers < want) {
+        worker *w = &P.w[P.nworkers];
+        atomic_store(&w->gen, 0);
+        pthread_cond_init(&w->cv, NULL);
+        if (pthread_create(&w->th, NULL, worker_main, w) != 0) break;
+        pthread_detach(w->th);
+        ++P.nworkers;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void *pool_begin(size_t bytes) {
+    pthread_once(&once, register_atfork);
+    pthread_mutex_lock(&P.call);
+    void *p = aligned_grow(&P.shared, &P.shared_size, bytes);
+    if (!p) pthread_mutex_unlock(&P.call);
+    return p;
+}
+
+static void pool_end(void) { pthread_mutex_unlock(&P.call); }
+
+static int pool_workers(void) { return P.nworkers; }
+
+static void *pool_thread_scratch(int tid, size_t bytes) {
+    if (tid < 0 || tid >= TMAC_POOL_MAX_THREADS) return NULL;
+    return aligned_grow(&P.scratch[tid], &P.scratch_size[tid], bytes);
+}
+
+static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
+    if (nt > TMAC_POOL_MAX_THREADS) nt = TMAC_POOL_MAX_THREADS;
+    if (nt > n) nt = (int)n;
+    if (nt < 1) nt = 1;
+    if (nt == 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    grow_workers(nt - 1);
+    const int helpers = nt - 1 < P.nworkers ? nt - 1 : P.nworkers;
+    P.fn = fn;
+    P.ctx = ctx;
+    atomic_store(&P.remaining, helpers);
+    for (int i = 0; i < helpers; ++i) {
+        worker *w = &P.w[i];
+        w->begin = n * (i + 1) / nt;
+        w->end = n * (i + 2) / nt;
+        atomic_fetch_add(&w->gen, 1);
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&P.mu);
+    }
+    fn(ctx, 0, n / nt, 0);
+    for (int i = helpers + 1; i < nt; ++i) fn(ctx, n * i / nt, n * (i + 1) / nt, i); /* workers that failed to start */
+    int spins = 0;
+    while (atomic_load(&P.remaining) > 0 && spins < SPIN) { /* then sleep: a descheduled worker needs the core */
+        CPU_RELAX();
+        ++spins;
+    }
+    if (atomic_load(&P.remaining) > 0) {
+        pthread_mutex_lock(&P.mu);
+        while (atomic_load(&P.remaining) > 0) pthread_cond_wait(&P.done, &P.mu);
+        pthread_mutex_unlock(&P.mu);
+    }
+}
+
+#endif
+
+static const tmac_pool_api API = {TMAC_POOL_API_VERSION, pool_begin, pool_run, pool_thread_scratch, pool_end,
+                                  pool_workers};
+
+const tmac_pool_api *tmac_pool(void) { return &API; }
