@@ -198,3 +198,53 @@ def test_kit_of_an_8b_shaped_model_reads_only_its_header(tmp_path):
     assert [s.split(":")[0] for s in r.shapes] == ["[4096, 4096] 2-bit", "[1024, 4096] 2-bit", "[14336, 4096] 2-bit",
                                                   "[4096, 14336] 2-bit"]
     assert os.stat(model).st_blocks * 512 < (64 << 20)  # the 2-layer file is sparse: its data was never written
+
+
+# -- does a kit serve a model? ----------------------------------------------------------------------
+
+def test_check_kit_catches_a_kit_for_other_tiles_of_the_same_shapes(models, tmp_path, capsys):
+    """The fork cannot see a model's tiles: same shapes, other bm would run silently wrong; check_kit says so."""
+    from tmac_convert.convert import convert
+    from tmac_convert.kit import check_kit
+    from tmac_convert.layouts import KernelConfig, TileConfig
+
+    a = models["gptq-2bit-zp"]
+    recorded = Kcfg.parse(parse(a).get("tmac.kcfg"))
+    other = Kcfg([KernelConfig.for_tensor(e.m0, e.k, e.bits, group_size=e.group_size, zero_point=True,
+                                          per_tensor=False, tiles=TileConfig(128, e.kfactor)) for e in recorded])
+    b = tmp_path / "b.gguf"
+    convert(ROOT / "fixtures" / FAMILIES["gptq-2bit-zp"], b, kcfg=other, verify=False)
+    write_kit(a, tmp_path / "kit")
+    assert check_kit(a, tmp_path / "kit") == []
+    problems = check_kit(b, tmp_path / "kit")
+    assert len(problems) == len(recorded)
+    assert all("bm 256 (model: 128)" in p and "kernels' bm 256 (model: 128)" in p for p in problems)
+    code, out, err = _cli(["kit", str(b), "-o", str(tmp_path / "kit"), "--check"], capsys)
+    assert code == 1 and out.count("FAIL:") == len(recorded)
+    code, out, err = _cli(["kit", str(a), "-o", str(tmp_path / "kit"), "--check"], capsys)
+    assert code == 0 and "serves" in out
+
+
+def test_a_per_isa_kernel_file_added_later_joins_the_kit_with_its_guard(tmp_path):
+    """kernels/lut_avx512.c plus its declarations in lut_core.h: the kit dispatches to it (best first)."""
+    from tmac_convert.kernels.sources import lut_kernel_sources
+    from tmac_convert.kit import _select_paths
+    from tmac_convert.kit.sources import kernel_paths
+
+    src = kernel_source_dir()
+    for f in lut_kernel_files(src):
+        (tmp_path / f).write_bytes((src / f).read_bytes())
+    assert "avx512" not in kernel_paths(tmp_path) or (src / "lut_avx512.c").exists()
+    header = (tmp_path / "lut_core.h").read_text()
+    block = ("\n#if defined(__x86_64__)\n#define TMAC_HAVE_AVX512 1\nvoid lut_tile_avx512(const lut_problem *p, "
+             "const uint8_t *w, const float *s, const lut_row *row, float *C, float *y);\n#endif\n")
+    if "TMAC_HAVE_AVX512" not in header:
+        head, tail = header.rsplit("#endif", 1)  # before the include guard's end
+        (tmp_path / "lut_core.h").write_text(head + block + "#endif" + tail)
+    (tmp_path / "lut_avx512.c").write_text("/* avx512 */\n")
+    paths = kernel_paths(tmp_path)
+    assert paths["avx512"].guard == "TMAC_HAVE_AVX512" and paths["avx512"].tile == "lut_tile_avx512"
+    assert "lut_avx512.c" in lut_kernel_sources(tmp_path)
+    isa, chosen = _select_paths("avx512", paths)
+    assert isa == "avx512" and [p.isa for p in chosen] == ["avx512", "avx2", "scalar"]
+    assert [p.isa for p in _select_paths("avx2", paths)[1]] == ["avx2", "scalar"]

@@ -395,12 +395,27 @@ def kit_cmd(
     isa: KitIsa = typer.Option(KitIsa.auto, "--isa", help="auto: this machine (x86: AVX2/AVX-512 chosen at run "
                                "time over portable C; AArch64: NEON); avx2, avx512: an x86 kit; neon: an ARM kit."),
     force: bool = typer.Option(False, "--force", help="Replace an existing kit folder."),
+    check: bool = typer.Option(False, "--check", help="Write nothing: check that the kit in --out serves MODEL "
+                               "exactly (shapes, tiles, group size, zero points); exit 1 listing what differs."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Write the kernel kit that lets T-MAC's llama.cpp fork run MODEL without TVM (a T-MAC install prefix)."""
-    from .kit import write_kit
+    from .kit import check_kit, write_kit
 
     with _errors():
+        if check:
+            problems = check_kit(model, out)
+            if json_out:
+                typer.echo(json.dumps({"kit": str(out), "model": str(model), "problems": problems}, indent=1))
+            for p in problems if not json_out else []:
+                typer.echo(f"FAIL: {p}")
+            if problems:
+                if not json_out:
+                    typer.echo(f"{out}: does not serve {model} ({len(problems)} problem(s))")
+                raise typer.Exit(EXIT_VERIFY)
+            if not json_out:
+                typer.echo(f"{out}: serves {model}")
+            return
         r = write_kit(model, out, isa=isa.value, force=force)
         if json_out:
             typer.echo(json.dumps(_kit_dict(r), indent=1))
