@@ -7,7 +7,7 @@ q/k/v/o/gate/up/down I2 tensors with group 128 and zero points, float16 embeddin
 ``tmac.*`` keys and kcfg, a 128256-token vocabulary with token types and merges) and a data section
 that is a hole in a sparse file: the kit must not need it.  Printed: the median seconds of
 ``write_kit`` and, as the baseline measured in the same run, of parsing the header alone
-(``tmac_convert.gguf_tmac.parse``), and their ratio.
+(``tmac_convert.format.gguf_file.parse``), and their ratio.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None)
     a = ap.parse_args()
-    from tmac_convert.gguf_tmac import parse
+    from tmac_convert.format.gguf_file import parse
     from tmac_convert.kit import write_kit
 
     with tempfile.TemporaryDirectory(dir=a.dir) as d:

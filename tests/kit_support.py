@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tmac_convert import unpack
-from tmac_convert.gguf_tmac import parse, read_bytes
+from tmac_convert.format.gguf_file import parse, read_bytes
 from tmac_convert.kit.model_facts import TensorFacts, read_model_facts
 
 ROOT = Path(__file__).resolve().parents[1]

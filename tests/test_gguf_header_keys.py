@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.bench_kit import write_llama3_8b_header
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_header import parse_header
+from tmac_convert.format.gguf_file import parse_header
 
 
 @pytest.fixture(scope="module")
