@@ -34,8 +34,13 @@ def c_string(s: str) -> str:
     return "".join(out)
 
 
+def printable(s: str) -> str:
+    """``s`` on one line: control characters (a newline in a file name) would break comments and INI lines."""
+    return "".join(c if c.isprintable() else "?" for c in s)
+
+
 def describe(model: Path, isa: str, plan: KitPlan) -> str:
-    return f"{model.name} (tmac-convert {__version__}, {isa} kit, {len(plan.shapes)} shapes)"
+    return f"{printable(model.name)} (tmac-convert {__version__}, {isa} kit, {len(plan.shapes)} shapes)"
 
 
 def _paths_block(paths: list[KernelPath]) -> str:
@@ -80,7 +85,7 @@ def kernels_cc(model: Path, isa: str, plan: KitPlan, paths: list[KernelPath]) ->
     subs = {
         "@DESCRIPTION@": desc.replace("*/", "* /"),
         "@DESCRIPTION_C@": c_string(desc),
-        "@MODEL_NAME@": model.name.replace("*/", "* /"),
+        "@MODEL_NAME@": printable(model.name).replace("*/", "* /"),
         "@ARM@": "1" if isa in ARM_ISAS else "0",
         "@PATH_NAMES@": ", ".join(p.isa for p in paths),
         "@PATHS@": _paths_block(paths),
