@@ -6,8 +6,8 @@
 
 The model: ``--layers`` layers of Llama-2-7B shapes (hidden 4096, MLP 11008, 32 heads, no GQA) with
 the fixtures' 512-token vocabulary, so that decoding is bound by the layers' matrix-vector products.
-Synthetic GPTQ checkpoints (asymmetric, group 128, random codes, scales and zeros; packed with the
-readers' own GPTQ pack helpers, as ``bench_convert.py`` makes them), one per ``--bits``, converted to
+Synthetic GPTQ checkpoints (asymmetric, group 128, GPTQ v2 zeros, random codes, scales and zeros: random
+``qweight``/``qzeros`` words, since every bit pattern is a valid field), one per ``--bits``, converted to
 T-MAC GGUFs (``I1``/``I2``/``I4``).  The 2-bit checkpoint is also written as F16 (its dequantised
 weights), and the fork's ``llama_model_quantize`` (every weight, ``pure``) makes Q2_K, TQ2_0 and Q4_0
 from that F16 file: the fork's own types of the same weights.
@@ -74,8 +74,6 @@ def _write_safetensors(path: Path, tensors: list[tuple[str, np.ndarray]]) -> Non
 
 def generate(folder: Path, layers: int, bits: int, vocab: int) -> None:
     """A GPTQ checkpoint (v2 zeros, group 128, asymmetric) of Llama-2-7B layer shapes, one layer per shard."""
-    from tmac_convert.readers.gptq_bits import pack_qweight, pack_qzeros
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(bits)
     maxq = (1 << bits) - 1
@@ -89,10 +87,11 @@ def generate(folder: Path, layers: int, bits: int, vocab: int) -> None:
                  (f"model.layers.{i}.post_attention_layernorm.weight", np.ones(HIDDEN, np.float16))]
         for name, (m0, k) in _projections(i):
             g = k // GROUP
-            codes = (np.frombuffer(rng.bytes(m0 * k), np.uint8) & np.uint8(maxq)).reshape(m0, k)
-            zeros = (np.frombuffer(rng.bytes(g * m0), np.uint8) & np.uint8(maxq)).reshape(g, m0)
+            # random 32-bit words are random codes and zeros: every bit pattern is a valid field
+            qweight = np.frombuffer(rng.bytes(m0 * k * bits // 8), np.int32).reshape(k * bits // 32, m0)
+            qzeros = np.frombuffer(rng.bytes(g * m0 * bits // 8), np.int32).reshape(g, m0 * bits // 32)
             scales = (rng.uniform(0.5, 1.5, (g, m0)) * 0.04 / (maxq + 1)).astype(np.float16)
-            shard += [(name + ".qweight", pack_qweight(codes, bits)), (name + ".qzeros", pack_qzeros(zeros, bits)),
+            shard += [(name + ".qweight", qweight), (name + ".qzeros", qzeros),
                       (name + ".scales", scales), (name + ".g_idx", (np.arange(k, dtype=np.int32) // GROUP))]
         shards.append(shard)
     for si, shard in enumerate(shards):
@@ -161,6 +160,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     ap.add_argument("--stock", nargs="+", default=list(STOCK), choices=list(STOCK))
     ap.add_argument("--dir", type=Path, default=ROOT / ".fork-cache" / "bench", help="cache of models")
+    ap.add_argument("--prepare-only", action="store_true", help="make the checkpoints and T-MAC/F16 files, then stop")
     a = ap.parse_args()
 
     from tmac_convert.convert import convert
@@ -178,6 +178,8 @@ def main() -> None:
                       lambda p, b=b: convert(ckpt[b], p, verify=False, force=True)) for b in a.bits}
     f16 = ensure(work / f"w2-{tag}.f16.gguf", lambda p: convert(ckpt[2], p, out_type="f16", verify=False, force=True))
 
+    if a.prepare_only:
+        return
     with ForkBuild(src) as fork:
         stock: dict[str, Path] = {}
         results: dict[tuple[int, str, int], float] = {}
