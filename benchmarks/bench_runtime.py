@@ -183,6 +183,7 @@ def main() -> None:
     with ForkBuild(src) as fork:
         stock: dict[str, Path] = {}
         results: dict[tuple[int, str, int], float] = {}
+        share: dict[tuple[int, str, int], float] = {}
         for b in a.bits:
             t = time.perf_counter()
             fork.write_model_kit(tmac[b])
@@ -208,6 +209,7 @@ def main() -> None:
                     v = best[name]
                     results[(b, name, th)] = v
                     eff = nb * v / 1e9
+                    share[(b, name, th)] = eff / bw
                     ratios = "".join(f" {v / best[s.upper()]:9.2f}" for s in ("q2_k", "tq2_0", "q4_0") if s in a.stock)
                     print(f"    {name:6} {v:8.2f} {nb / 1e6:15.1f} {eff:6.2f} {100 * eff / bw:12.0f}%{ratios}", flush=True)
         print("\nbars (issue 11), from the rounds above:")
@@ -219,6 +221,9 @@ def main() -> None:
                                      ("I4 / Q4_0", r(4, "I4", "Q4_0"), 1.5)):
                 if val is not None:
                     print(f"  {th}T {label}: {val:.2f} (bar {want}) {'ok' if val >= want else 'BELOW'}")
+            if th == 1 and (2, "I2", 1) in share:
+                v = share[(2, "I2", 1)]
+                print(f"  1T I2 weight streaming: {100 * v:.0f}% of the read bandwidth (bar 70%) {'ok' if v >= 0.7 else 'BELOW'}")
             i1, i2 = r(1, "I1", "Q2_K"), r(2, "I2", "Q2_K")
             if i1 is not None and i2 is not None:
                 print(f"  {th}T I1 vs I2 (each over Q2_K of its build): {i1:.2f} vs {i2:.2f} "
