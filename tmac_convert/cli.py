@@ -5,6 +5,7 @@
     tmac-convert inspect FILE [--json]
     tmac-convert verify FILE [--source SRC] [--json]
     tmac-convert tune SOURCE [--out kcfg.ini]
+    tmac-convert kit MODEL.gguf -o DIR [--isa auto|avx2|avx512|neon] [--force]   (kernels for T-MAC's fork)
 
 The bare form is the ``convert`` command (``tmac-convert convert SOURCE`` is the same).
 
@@ -72,6 +73,13 @@ class OutFormat(str, Enum):
 class RuntimeName(str, Enum):
     tmac = "tmac"
     aug2024 = "aug2024"
+
+
+class KitIsa(str, Enum):
+    auto = "auto"
+    avx2 = "avx2"
+    avx512 = "avx512"
+    neon = "neon"
 
 
 class OutType(str, Enum):
@@ -207,11 +215,19 @@ def convert_cmd(
     allow_lossy: bool = typer.Option(False, "--allow-lossy",
                                      help="With a stock --type: re-quantise what it cannot hold exactly (the error "
                                           "is reported per tensor)."),
+    kit: Optional[Path] = typer.Option(None, "--kit", help="Also write the T-MAC kernel kit for the output into "
+                                       "this folder (see `tmac-convert kit`); --force replaces an existing kit."),
 ) -> None:
     """Convert SOURCE to a T-MAC GGUF (or npz) file, verifying every quantised tensor."""
     from .convert import convert
 
     with _errors():
+        if kit is not None:
+            from .kit.writer import check_target
+
+            if format is not OutFormat.gguf or out_type is not OutType.tmac:
+                raise TmacError("--kit needs a T-MAC GGUF output (--format gguf, --type tmac)", rule="usage")
+            check_target(kit.absolute(), force)  # refuse before converting, not after
         prog, update = _progress_bar(sys.stderr.isatty() and not json_out)
         kwargs = dict(format=format.value, bits=bits, group_size=group, zero_point=zero_point, kcfg=kcfg,
                       preset=preset, runtime=runtime.value, threads=threads, force=force, verify=not no_verify,
@@ -222,10 +238,34 @@ def convert_cmd(
                 report = convert(source, out, **kwargs)
         else:
             report = convert(source, out, **kwargs)
+        kit_report = None
+        if kit is not None:
+            from .kit import write_kit
+
+            kit_report = write_kit(report.out, kit, force=force)
         if json_out:
-            typer.echo(json.dumps(report.to_dict(), indent=1))
+            d = report.to_dict()
+            if kit_report is not None:
+                d["kit"] = _kit_dict(kit_report)
+            typer.echo(json.dumps(d, indent=1))
         else:
             _summary(report)
+            if kit_report is not None:
+                _kit_summary(kit_report)
+
+
+def _kit_dict(r) -> dict[str, Any]:
+    return {"out_dir": str(r.out_dir), "isa": r.isa, "kernel_paths": r.kernel_paths, "shapes": r.shapes,
+            "files": r.files, "seconds": round(r.seconds, 4)}
+
+
+def _kit_summary(r) -> None:
+    typer.echo(f"kit: {r.out_dir} ({r.isa} kit, kernel paths {', '.join(r.kernel_paths)}; {len(r.shapes)} shapes, "
+               f"{r.seconds:.2f} s)")
+    for line in r.shapes:
+        typer.echo(f"  {line}")
+    typer.echo(f"  build T-MAC's llama.cpp fork with -DGGML_TMAC=ON -DTMAC_DIR={r.out_dir}/lib/cmake/t-mac "
+               f"(see {r.out_dir}/README)")
 
 
 @app.command("inspect", epilog=EPILOG)
@@ -346,6 +386,41 @@ def tune_cmd(
             for e in kc:
                 typer.echo(f"{e.section}: bm {e.bm}, kfactor {e.kfactor}")
             typer.echo(f"wrote {out}")
+
+
+@app.command("kit", epilog=EPILOG)
+def kit_cmd(
+    model: Path = typer.Argument(..., help="A T-MAC GGUF written by tmac-convert."),
+    out: Path = typer.Option(..., "--out", "-o", help="The kit folder to write."),
+    isa: KitIsa = typer.Option(KitIsa.auto, "--isa", help="auto: this machine (x86: AVX2/AVX-512 chosen at run "
+                               "time over portable C; AArch64: NEON); avx2, avx512: an x86 kit; neon: an ARM kit."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing kit folder."),
+    check: bool = typer.Option(False, "--check", help="Write nothing: check that the kit in --out serves MODEL "
+                               "exactly (shapes, tiles, group size, zero points); exit 1 listing what differs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Write the kernel kit that lets T-MAC's llama.cpp fork run MODEL without TVM (a T-MAC install prefix)."""
+    from .kit import check_kit, write_kit
+
+    with _errors():
+        if check:
+            problems = check_kit(model, out)
+            if json_out:
+                typer.echo(json.dumps({"kit": str(out), "model": str(model), "problems": problems}, indent=1))
+            for p in problems if not json_out else []:
+                typer.echo(f"FAIL: {p}")
+            if problems:
+                if not json_out:
+                    typer.echo(f"{out}: does not serve {model} ({len(problems)} problem(s))")
+                raise typer.Exit(EXIT_VERIFY)
+            if not json_out:
+                typer.echo(f"{out}: serves {model}")
+            return
+        r = write_kit(model, out, isa=isa.value, force=force)
+        if json_out:
+            typer.echo(json.dumps(_kit_dict(r), indent=1))
+        else:
+            _kit_summary(r)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -152,6 +152,62 @@ class _Cursor:
         self.pos += n
         return b
 
+    def strings(self, count: int, what: str) -> list[str | bytes]:
+        """``count`` strings (as :meth:`value` reads one each: UTF-8 decoded, else bytes), in one tight loop:
+        vocabularies hold hundreds of thousands."""
+        buf, pos, end = self.buf, self.pos, self.end
+        unpack = struct.Struct(self.endian + "Q").unpack_from
+        out: list[str | bytes] = []
+        append = out.append
+        for i in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, f"length of element {i} of {what}")
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > end - pos:
+                self.pos = pos
+                self.need(n, f"element {i} of {what}")
+            b = buf[pos:pos + n]
+            pos += n
+            try:
+                append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                append(bytes(b))
+        self.pos = pos
+        return out
+
+    def skip(self, vtype: int, what: str) -> None:
+        """Move past one value without decoding it (bounds and types checked as :meth:`value` checks them)."""
+        if vtype == _ARRAY:
+            sub = self.u32(f"element type of {what}")
+            if sub not in _MIN_SIZE:
+                raise self.fail(f"{what}: unknown array element type {sub}", "metadata value type")
+            count = self.u64(f"length of {what}")
+            if count * _MIN_SIZE[sub] > self.end - self.pos:
+                raise self.fail(f"{what}: {count} elements cannot fit in the {self.end - self.pos} bytes left",
+                                "header within file")
+            if sub in _SCALARS:
+                self.pos += _SCALARS[sub][1] * count
+            elif sub == _STRING:
+                buf, pos, end = self.buf, self.pos, self.end
+                unpack = struct.Struct(self.endian + "Q").unpack_from
+                for i in range(count):
+                    if pos + 8 > end:
+                        break
+                    pos += 8 + unpack(buf, pos)[0]
+                    if pos > end:
+                        break
+                else:
+                    self.pos = pos
+                    return
+                raise self.fail(f"{what}: element {i} runs past the end of the file", "header within file")
+            else:  # nested arrays: rare and small
+                for i in range(count):
+                    self.value(sub, f"element {i} of {what}", 1)
+            return
+        self.value(vtype, what)
+
     def name(self, what: str) -> str:
         """A key or tensor name: must be UTF-8 (the ``gguf`` package decodes them strictly)."""
         b = self.raw_string(what)
@@ -185,6 +241,8 @@ class _Cursor:
                 arr = np.frombuffer(self.buf, dtype=self.endian + _NUMPY[sub], count=count, offset=self.pos)
                 self.pos += size
                 return (arr.astype(bool) if sub == 7 else arr.astype(arr.dtype.newbyteorder("="))), sub
+            if sub == _STRING:
+                return self.strings(count, what), sub
             return [self.value(sub, f"element {i} of {what}", depth + 1)[0] for i in range(count)], sub
         raise self.fail(f"{what}: unknown value type {vtype}", "metadata value type")
 
@@ -201,7 +259,7 @@ def is_gguf(path: str | os.PathLike) -> bool:
         return False
 
 
-def parse_header(path: str | os.PathLike) -> GGUFFile:
+def parse_header(path: str | os.PathLike, *, keys: Callable[[str], bool] | None = None) -> GGUFFile:
     """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
 
     Raises :class:`TmacError` for anything malformed: unreadable file (rule ``readable file``), bad
@@ -212,6 +270,10 @@ def parse_header(path: str | os.PathLike) -> GGUFFile:
     power of two up to 1 MiB (``alignment``), tensor offsets not a multiple of it (``aligned tensor
     data``).  Whether tensor data lies inside the file is left to the caller (its size depends on
     the type).
+
+    ``keys``: when given, only the key/values it accepts (and ``general.alignment``) are decoded and kept; the others are skipped
+    (their structure is still checked) -- a vocabulary of a few hundred thousand strings is then not
+    decoded when only other keys are needed.
     """
     p = Path(path)
     try:
@@ -221,12 +283,12 @@ def parse_header(path: str | os.PathLike) -> GGUFFile:
                 raise TmacError(f"{size} bytes is too short for a GGUF file (a header needs 24)", file=str(p),
                                 rule="header within file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _parse(mm, p, size)
+                return _parse(mm, p, size, keys)
     except OSError as e:
         raise TmacError(f"cannot read: {e.strerror or e}", file=str(p), rule="readable file") from None
 
 
-def _parse(buf: Any, path: Path, size: int) -> GGUFFile:
+def _parse(buf: Any, path: Path, size: int, keys: Callable[[str], bool] | None = None) -> GGUFFile:
     if bytes(buf[:4]) != GGUF_MAGIC:
         raise TmacError(f"not a GGUF file (no GGUF magic; starts {bytes(buf[:4])!r})", file=str(path),
                         rule="GGUF magic")
@@ -244,11 +306,18 @@ def _parse(buf: Any, path: Path, size: int) -> GGUFFile:
         raise c.fail(f"{n_tensors} tensors and {n_kv} key/values cannot fit in {size} bytes",
                      "header counts within file")
     kv: dict[str, KV] = {}
+    skipped: set[str] = set()
     for i in range(n_kv):
         key = c.name(f"key {i}")
         vtype = c.u32(f"type of {key!r}")
-        if key in kv:
+        if key in kv or key in skipped:
             raise c.fail(f"key {key!r} appears twice", "unique metadata keys")
+        if keys is not None and key != "general.alignment" and not keys(key):  # the alignment places tensors
+            if key in skipped:
+                raise c.fail(f"key {key!r} appears twice", "unique metadata keys")
+            skipped.add(key)
+            c.skip(vtype, repr(key))
+            continue
         value, sub = c.value(vtype, repr(key))
         kv[key] = KV(key, vtype, value, sub)
     alignment = DEFAULT_ALIGNMENT

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import gguf
 import numpy as np
@@ -59,15 +60,16 @@ def get_runtime(name: str) -> Runtime:
         raise TmacError(f"unknown runtime {name!r}; runtimes: {', '.join(RUNTIMES)}", rule="runtime name") from None
 
 
-def parse(path: str | os.PathLike) -> GGUFFile:
+def parse(path: str | os.PathLike, *, keys: Callable[[str], bool] | None = None) -> GGUFFile:
     """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
 
     :func:`~tmac_convert.gguf_header.parse_header` with, on top, what reading T-MAC files needs:
     little-endian, the data section and every tensor's start inside the file, no two tensors at the
     same offset, and each tensor's ``span`` (bytes to the next tensor or the end of the file).
-    Raises :class:`TmacError` for anything malformed.
+    Raises :class:`TmacError` for anything malformed.  ``keys``: decode only the key/values it accepts
+    (see :func:`~tmac_convert.gguf_header.parse_header`).
     """
-    f = parse_header(path)
+    f = parse_header(path, keys=keys)
     if f.big_endian:
         raise f.fail("big-endian GGUF files are not supported", "little-endian GGUF")
     _place_tensors(f)

@@ -31,7 +31,7 @@ from .writer import MARKER, write_tree
 
 ISAS = ("auto", "avx2", "avx512", "neon")
 
-__all__ = ["write_kit", "KitReport", "ISAS", "read_model_facts", "plan_kit", "ModelFacts", "TensorFacts", "KitPlan"]
+__all__ = ["write_kit", "check_kit", "KitReport", "ISAS", "read_model_facts", "plan_kit", "ModelFacts", "TensorFacts", "KitPlan"]
 
 
 @dataclass
@@ -124,3 +124,48 @@ def write_kit(model: str | Path, out_dir: str | Path, *, isa: str = "auto", forc
     write_tree(out, files, force)
     return KitReport(out, kit_isa, [p.isa for p in paths], [render._shape_line(s) for s in plan.shapes],
                      sorted(files), time.perf_counter() - t0)
+
+
+def check_kit(model: str | Path, kit_dir: str | Path) -> list[str]:
+    """What stops the kit in ``kit_dir`` from serving ``model``; empty when it serves it exactly.
+
+    The fork cannot see a model's own ``tmac.*`` keys, so a kit built for a model with the same shapes
+    but other tiles (bm, kfactor), group size or zero points would run it silently wrong; this compares
+    the model's shapes and tiles (header only) with the kit's kcfg.ini and the shapes its kernels were
+    generated for (``tmac-kit.json``).
+
+    Raises:
+        TmacError: the model is not one a kit can serve, or ``kit_dir`` is not a readable kit.
+    """
+    import json
+
+    from ..layouts import Kcfg
+
+    kit = Path(kit_dir)
+    try:
+        kcfg = Kcfg.parse((kit / "lib" / "kcfg.ini").read_text(), source=str(kit / "lib" / "kcfg.ini"))
+        made = {s["section"]: s for s in json.loads((kit / MARKER).read_text())["shapes"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TmacError(f"not a readable kit ({e})", file=str(kit), rule="kit folder readable") from None
+    problems = []
+    for shape in plan_kit(read_model_facts(model)).shapes:
+        want, t = shape.section, shape.tile
+        where = f"[{shape.pre.m0}, {shape.pre.k}] {shape.pre.bits}-bit ({shape.tensors[0]})"
+        got = next((e for e in kcfg if e.section == want.section), None)
+        if got is None:
+            problems.append(f"{where}: the kit's kcfg.ini has no section {want.section}")
+            continue
+        diff = [f"{f} {getattr(got, f)} (model: {getattr(want, f)})" for f in
+                ("bm", "kfactor", "group_size", "lut_scales_size", "scales_size", "n_tile_num")
+                if getattr(got, f) != getattr(want, f)]
+        k = made.get(want.section)
+        if k is None:
+            diff.append("the kernels were not generated for it")
+        else:
+            diff += [f"kernels' {f} {k[f]} (model: {v})" for f, v in
+                     (("bm", want.bm), ("kfactor", want.kfactor), ("group_size", t.group_size),
+                      ("zero_point", t.zero_point), ("one_scale", t.one_scale), ("act_group_size", t.ags))
+                     if k.get(f) != v]
+        if diff:
+            problems.append(f"{where}: " + ", ".join(diff))
+    return problems

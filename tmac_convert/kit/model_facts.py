@@ -47,6 +47,10 @@ class ModelFacts:
     kcfg_text: str
 
 
+def _wanted(key: str) -> bool:
+    return key.startswith(("tmac.", "general."))
+
+
 def read_model_facts(model: str | Path) -> ModelFacts:
     """Read the facts of every ``I``-type tensor of a tmac-convert GGUF (header only).
 
@@ -61,7 +65,7 @@ def read_model_facts(model: str | Path) -> ModelFacts:
     if not is_gguf(p):
         raise TmacError("not a GGUF file; a kit is written for a T-MAC GGUF made by tmac-convert", file=file,
                         rule="T-MAC GGUF")
-    gf = parse(p)
+    gf = parse(p, keys=_wanted)  # tmac.* and general.* only: a vocabulary is not decoded
     if not looks_tmac(gf):
         raise TmacError("not a T-MAC GGUF (no tmac.* keys and no I1..I4 tensors); convert it with tmac-convert first",
                         file=file, rule="T-MAC GGUF")
