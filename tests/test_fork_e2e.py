@@ -332,16 +332,25 @@ def test_a_kcfg_for_other_tiles_is_stopped_at_load(fork_e2e: ForkE2E) -> None:
         msg = e.value.stderr
         assert re.search(r"tensor shape \[\d+, \d+\] \(M0 x K\), 2-bit", msg), f"the message names no tensor shape:\n{msg}"
         assert "bm = 128 (the kernels were generated for 256)" in msg, f"the message names no field:\n{msg}"
+        print(f"\n[fork e2e] stopped at load (exit {e.value.returncode}): "
+              f"{next(line for line in msg.splitlines() if 'does not describe' in line)[:400]}")
 
 
 def test_a_file_with_other_tiles_than_its_kit_fails_the_bar(fork_e2e: ForkE2E) -> None:
     """The same weights tiled with bm 128 run with the bm-256 kit (whose kcfg says bm 256): the runtime
-    cannot see the blobs' tiling, so the logits are wrong, and the bar says so."""
+    cannot see the blobs' tiling, so the logits are wrong, and the bar says so; ``check_kit`` (``tmac-convert
+    kit --check``) refuses the pair before anything runs, naming the shape and the field."""
+    from tmac_convert.kit import check_kit
+
     family = "gptq2_zp"
     r = fork_e2e.result(family)
     good = fork_e2e.convert(family)
     other_kcfg = _retiled_kcfg(kcfg_path_for(good), fork_e2e.root / "bm128.ini", 128)
     other = fork_e2e.convert(family, kcfg=other_kcfg, tag=".bm128")
     fork_e2e.use_kit_of(good)
+    assert check_kit(good, fork_e2e.fork.kit_dir) == []
+    problems = check_kit(other, fork_e2e.fork.kit_dir)
+    assert problems and all(re.search(r"\[\d+, \d+\] 2-bit", p) and "bm" in p for p in problems), problems
     err = rel_logit_error(fork_e2e.run(other, 1), fork_e2e.forward(family))
+    print(f"\n[fork e2e] bm-128 file with the bm-256 kit: err {err:.3g} (bar {r.bar:.3g}); check_kit: {problems[0]}")
     assert err > 5 * r.bar, f"a file tiled for bm 128 run with bm-256 kernels went unnoticed ({err:.3g})"
