@@ -36,8 +36,9 @@ tiles than the kit's kernels stops the run at load with a message naming the sha
 a file converted with other tiles, run with a kit that matches its kcfg but not its blobs, fails the bar.
 
 Skipped with the reason when ``TMAC_FORK_SRC`` is unset or clang/cmake are missing (``.ci/run`` sets it
-to ``../shared/third_party/llama.cpp-tmac-fork-81ffd4cd.tar.gz``).  First build ~2 min on 2 idle
-cores, then ~30 s per family.
+to ``../shared/third_party/llama.cpp-tmac-fork-81ffd4cd.tar.gz``).  First build: ~3 min of CPU (14 min
+of wall time on the shared, loaded 2-core machine); then a family's kit switch recompiles the kit's
+files and relinks (4-10 s), and the whole file runs in ~5 min.
 """
 
 from __future__ import annotations
