@@ -101,7 +101,8 @@ def is_bitnet(config: Mapping) -> bool:
 
 
 def forward(config: Mapping, weights: Mapping[str, np.ndarray], tokens: list[int], *,
-            matmul_input: MatmulInput | None = None) -> np.ndarray:
+            matmul_input: MatmulInput | None = None,
+            linear: Callable[[str, np.ndarray], np.ndarray | None] | None = None) -> np.ndarray:
     """Logits float64 ``[len(tokens), vocab]`` for ``tokens`` (no KV cache, causal attention).
 
     Args:
@@ -110,6 +111,9 @@ def forward(config: Mapping, weights: Mapping[str, np.ndarray], tokens: list[int
             HF shape ``[out, in]``; a missing ``lm_head.weight`` means tied embeddings.
         tokens: token ids.
         matmul_input: applied to the input of every projection (see the module docstring).
+        linear: ``linear(module, x)`` computes projection ``module`` (HF name without ``.weight``, e.g.
+            ``model.layers.0.self_attn.q_proj``) of ``x`` ``[T, in]`` as ``[T, out]`` (a runtime's kernel
+            emulated), or returns None for the plain ``x @ W.T``; biases are added after it.
     """
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     bitnet = is_bitnet(config)
@@ -128,7 +132,8 @@ def forward(config: Mapping, weights: Mapping[str, np.ndarray], tokens: list[int
         p = f"model.layers.{i}."
 
         def lin(name: str, h: np.ndarray) -> np.ndarray:
-            y = feed(h) @ w[p + name + ".weight"].T
+            y = linear(p + name, feed(h)) if linear is not None else None
+            y = feed(h) @ w[p + name + ".weight"].T if y is None else np.asarray(y, dtype=np.float64)
             bias = w.get(p + name + ".bias")
             return y if bias is None else y + bias
 
