@@ -129,7 +129,7 @@ def ensure(path: Path, make) -> Path:
 
 def weight_bytes_per_token(model: Path) -> int:
     """Bytes of the 2-D weights one decoded token reads: every matrix but the embedding table (one row)."""
-    from tmac_convert.gguf_tmac import parse
+    from tmac_convert.format.gguf_file import parse
 
     f = parse(model)
     return sum(t.span for t in f.tensors if len(t.ne) == 2 and t.name != "token_embd.weight")

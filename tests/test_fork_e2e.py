@@ -151,7 +151,7 @@ def kernel_linear(tmac_gguf: Path, config: dict, lut: str) -> Callable[[str, np.
     """A ``linear`` hook for :func:`forward`: each quantised projection computed by
     ``tmac_convert.kernels.gemm`` over the converted file's own blob (its bits, group, zero points, tiles
     and act group from the file's ``tmac.*`` keys), outputs put back in HF row order."""
-    from tmac_convert.gguf_tmac import parse, read_bytes
+    from tmac_convert.format.gguf_file import parse, read_bytes
     from tmac_convert.kernels import gemm
     from tmac_convert.layouts.format_a import blob_nbytes
 
