@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.e2e_support import read_safetensors
 from tests.test_readers_gptq import ref_permute
 from tmac_convert import read
 from tmac_convert.errors import TmacError
@@ -174,3 +175,37 @@ def test_converts_with_default_settings_and_verifies(name: str, tmp_path: Path,
     assert code == 0 and out.is_file(), text
     code, text = cli("verify", str(out), "--source", str(src), *extra, capsys=capsys)
     assert code == 0 and "OK" in text, text
+
+
+# ------------------------------------------------------------------------------------------ other dtypes
+
+
+@pytest.mark.parametrize("scale_dtype", ["BF16", "F32", "F16"])
+def test_gptq_scales_and_float_tensors_of_any_safetensors_float_dtype(tmp_path: Path, scale_dtype: str,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A real AutoGPTQ checkpoint re-saved with every float tensor (scales included) as ``scale_dtype``
+    (GPTQModel keeps bfloat16 tensors): read as the exact widening of the stored values, converted and
+    verified."""
+    import sys
+
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, str(REAL.parent))
+    import gen_common
+
+    src = REAL / "autogptq_f32_4bit_asym"
+    tensors = load_file(str(next(src.glob("*.safetensors"))))
+    gen_common.save_safetensors(tmp_path / "model.safetensors", tensors, dtypes=scale_dtype,
+                                metadata={"format": "pt"})
+    for f in ("config.json", "quantize_config.json"):
+        (tmp_path / f).write_bytes((src / f).read_bytes())
+    stored = read_safetensors(tmp_path)  # what the file now holds (bfloat16 widened exactly), read independently
+    got = quant_tensors(tmp_path)
+    s = stored["model.layers.0.mlp.down_proj.scales"]
+    q = got["blk.0.ffn_down.weight"]
+    assert q.scales.dtype == (np.float16 if scale_dtype == "F16" else np.float32)
+    assert np.array_equal(q.scales.astype(np.float64), s.T.astype(np.float64))
+    code, text = cli(str(tmp_path), "-o", str(tmp_path / "out.gguf"), capsys=capsys)
+    assert code == 0, text
+    code, text = cli("verify", str(tmp_path / "out.gguf"), "--source", str(tmp_path), capsys=capsys)
+    assert code == 0, text
