@@ -119,10 +119,10 @@ def _download(repo_id: str, *, cache_dir: str | Path | None, revision: str | Non
             repo_id=repo_id, revision=commit or revision, cache_dir=str(cache_dir) if cache_dir is not None else None,
             allow_patterns=list(ALLOW_PATTERNS), **({"local_files_only": True} if unreachable and not offline else {})))
     except LocalEntryNotFoundError:
-        why = unreachable or "the hub cannot be reached"
-        raise TmacError(f"{not_local}it is not in the local Hugging Face cache and {why}; fetch it where there is "
-                        f"network with `{fetch}`, or give the model's local folder", file=repo_id,
-                        rule="hub download") from None
+        how = f"`{fetch}` (with HF_HUB_OFFLINE unset)" if offline else f"`{fetch}` where there is network"
+        raise TmacError(f"{not_local}it is not in the local Hugging Face cache and "
+                        f"{unreachable or 'the hub cannot be reached'}; fetch it with {how}, or give the model's "
+                        "local folder", file=repo_id, rule="hub download") from None
     except GatedRepoError:
         raise TmacError(f"{not_local}the repository is gated: accept its terms on the hub, log in (HF_TOKEN), then "
                         f"`{fetch}`", file=repo_id, rule="hub download") from None
