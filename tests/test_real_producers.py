@@ -1,6 +1,7 @@
 """Checkpoints written by the real producers themselves (``fixtures/real/``, see fixtures/README.md):
-AutoGPTQ 0.7.1 (float32 and float16 models, 2/3/4-bit, sym and asym, one act-order), transformers'
-packed BitNet, and GGUF files quantised by the ``gguf`` package.
+AutoGPTQ 0.7.1 (float32 and float16 models, 2/3/4-bit, sym and asym, one act-order), GPTQModel 7.7
+(bfloat16 models, int16/int8 pack words), transformers' packed BitNet, and GGUF files quantised by
+the ``gguf`` package.
 
 Each folder holds the producer's own dequantisation of some layers (``producer_dequant.npz``:
 AutoGPTQ's / transformers' quantised linear applied to an identity matrix, ``gguf.quants.dequantize``).
@@ -31,6 +32,7 @@ from tmac_convert.tensor import QuantTensor
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real"
 FIXTURES = sorted(p.name for p in REAL.iterdir() if (p / "fixture.json").is_file())
 AUTOGPTQ = [f for f in FIXTURES if f.startswith("autogptq_")]
+GPTQMODEL = [f for f in FIXTURES if f.startswith("gptqmodel_")]
 GGUF = [f for f in FIXTURES if f.startswith("gguf_")]
 
 #: HF module -> (GGUF name, q/k heads to permute for Llama; None: rows as they are)
@@ -60,7 +62,7 @@ def producer_weights(name: str) -> dict[str, np.ndarray]:
         w = z[key].astype(np.float64)
         if key in HF_LAYERS:
             gguf_name, heads = HF_LAYERS[key]
-            out[gguf_name] = ref_permute(w, heads) if heads and name.startswith("autogptq_") else w
+            out[gguf_name] = ref_permute(w, heads) if heads and name.startswith(("autogptq_", "gptqmodel_")) else w
         else:
             out[key] = w
     return out
@@ -90,6 +92,8 @@ def test_the_matrix_is_complete() -> None:
     assert all(truth(f)["producer"] == "auto-gptq 0.7.1" for f in AUTOGPTQ)
     assert {truth(f)["type"] for f in GGUF} >= {"Q4_0", "Q4_1", "TQ1_0", "TQ2_0", "Q8_0"}
     assert truth("bitnet_transformers_packed")["producer"].startswith("transformers ")
+    assert {truth(f)["pack_dtype"] for f in GPTQMODEL} == {"int16", "int8"}
+    assert all(truth(f)["producer"] == "gptqmodel 7.7.0" and truth(f)["dtype"] == "bfloat16" for f in GPTQMODEL)
 
 
 @pytest.mark.parametrize("name", [f for f in AUTOGPTQ if not truth(f)["desc_act"]])
@@ -102,6 +106,26 @@ def test_autogptq_reads_back_to_autogptqs_own_dequantisation(name: str) -> None:
         q = got[gguf_name]
         assert q.scales.dtype == scale_dtype, gguf_name
         assert (q.zeros is None) == t["sym"], "symmetric AutoGPTQ zeros are exactly 2**(b-1): dropped"
+        err = np.abs(q.dequantize(np.float64) - theirs)
+        assert np.all(err <= rounding_bound(q, theirs)), f"{gguf_name}: worst {err.max():.3g}"
+
+
+@pytest.mark.parametrize("name", GPTQMODEL)
+def test_gptqmodel_reads_back_to_gptqmodels_own_dequantisation(name: str) -> None:
+    """GPTQModel 7.7: narrow pack words (int16/int8), float16 scales, every other tensor bfloat16."""
+    t = truth(name)
+    raw = read_safetensors(REAL / name)  # independent reader: the file really is what the fixture claims
+    words = {a.dtype for n, a in raw.items() if n.endswith((".qweight", ".qzeros"))}
+    assert words == {np.dtype(t["pack_dtype"])}
+    model = read(REAL / name)
+    got = {x.name: x for x in model.tensors()}
+    quant = {n: q for n, q in got.items() if isinstance(q, QuantTensor)}
+    assert len(quant) == 7 and all(q.bits == t["bits"] and q.scales.dtype == np.float16 for q in quant.values())
+    emb = got["token_embd.weight"].data  # bfloat16 in the file: widened exactly
+    assert np.array_equal(np.asarray(emb, np.float32), raw["model.embed_tokens.weight"])
+    for gguf_name, theirs in producer_weights(name).items():
+        q = quant[gguf_name]
+        assert (q.zeros is None) == t["sym"]
         err = np.abs(q.dequantize(np.float64) - theirs)
         assert np.all(err <= rounding_bound(q, theirs)), f"{gguf_name}: worst {err.max():.3g}"
 
