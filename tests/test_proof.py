@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tmac_convert as tc
-from tmac_convert import verify
+from tmac_convert import proof as verify
 from tmac_convert.errors import LayoutError, VerificationError
 from tmac_convert.kernels import _native
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import kernels
 from .errors import VerificationError
 from .kernels import _native
-from .tensor import QuantTensor
+from .format.tensor import QuantTensor
 
 #: Default NMSE thresholds.  A faithful int8 LUT gives about 2e-5 to 1e-4 (ternary, whole-K act groups
 #: near the top); any layout or scale mistake gives 1e-2 or more.  Float tables give about 1e-14.
