@@ -27,7 +27,7 @@ from tests.e2e_support import read_safetensors
 from tests.test_readers_gptq import ref_permute
 from tmac_convert import read
 from tmac_convert.errors import TmacError
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real"
 FIXTURES = sorted(p.name for p in REAL.iterdir() if (p / "fixture.json").is_file())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TmacError
-from ..gguf_header import GGUF_MAGIC
+from ..format.gguf_file import GGUF_MAGIC
 
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".npz")
 
