@@ -134,3 +134,13 @@ def test_the_cli_prints_the_cause_on_one_line_with_exit_code_2(tmp_path: Path) -
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "not a GGUF file" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("version, cli", [("0.23.4", "huggingface-cli"), ("0.34.0", "hf"), ("2.4.0", "hf"),
+                                          ("1.0.0rc1", "hf")])
+def test_the_fetch_command_matches_the_installed_hub_client(monkeypatch: pytest.MonkeyPatch, version: str,
+                                                            cli: str) -> None:
+    from tmac_convert.readers.source import fetch_command
+
+    monkeypatch.setattr(huggingface_hub, "__version__", version)
+    assert fetch_command("o/m", "v1").startswith(f"{cli} download o/m --revision v1 --include '*.safetensors'")

@@ -75,9 +75,8 @@ def fetch_command(repo_id: str, revision: str | None = None) -> str:
     """The shell command that downloads what :func:`resolve` would fetch of ``repo_id`` into the hub cache."""
     import huggingface_hub
 
-    major = int(str(huggingface_hub.__version__).split(".")[0])
-    minor = int(str(huggingface_hub.__version__).split(".")[1])
-    cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+    m = re.match(r"(\d+)\.(\d+)", str(huggingface_hub.__version__))
+    cli = "hf" if m is None or (int(m.group(1)), int(m.group(2))) >= (0, 34) else "huggingface-cli"  # `hf` since 0.34
     rev = f" --revision {revision}" if revision else ""
     return f"{cli} download {repo_id}{rev} --include " + " ".join(f"'{pat}'" for pat in ALLOW_PATTERNS)
 
