@@ -39,7 +39,6 @@ GGUF = [f for f in FIXTURES if f.startswith("gguf_")]
 HF_LAYERS = {"model.layers.0.self_attn.q_proj": ("blk.0.attn_q.weight", 2),
              "model.layers.0.self_attn.k_proj": ("blk.0.attn_k.weight", 2),
              "model.layers.0.mlp.down_proj": ("blk.0.ffn_down.weight", None)}
-BITNET_HEADS = {"blk.0.attn_q.weight": 4, "blk.0.attn_k.weight": 2}
 
 
 def truth(name: str) -> dict:
