@@ -3,14 +3,21 @@
 The LUT kernel sources are listed once, in tmac_convert/kernels/sources.py: the ``_lut_native``
 extension compiles them, and ``build_py`` copies them into the package (``tmac_convert/kit/kernel_src``)
 so that an installed tmac-convert can emit them into a kernel kit (``tmac-convert kit``).
+
+The extensions are optional: where they cannot be compiled (no C compiler, an unsupported one), the
+install goes on with the numpy reference code, which computes the same bits more slowly, and says
+so (a warning here, and ``tmac-convert --version`` names the kernels in use).  Set
+``TMAC_CONVERT_REQUIRE_NATIVE=1`` to make a failed compile fail the install instead.
 """
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -61,8 +68,33 @@ class BuildPyWithKernels(build_py):
             shutil.copyfile(HERE / KDIR / name, dest / name)
 
 
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns and skips an extension it cannot compile (the numpy fallback runs then)."""
+
+    def _skip(self, what: str, err: BaseException) -> None:
+        if os.environ.get("TMAC_CONVERT_REQUIRE_NATIVE"):
+            raise err
+        msg = (f"WARNING: tmac-convert: could not build {what} ({type(err).__name__}: {err}); installing without "
+               "it: the numpy reference code runs instead (same results, slower). Install a C compiler and "
+               "reinstall to get the native kernels; `tmac-convert --version` shows which are in use.")
+        print(msg, file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as err:  # noqa: BLE001 - no compiler at all fails before any extension
+            self._skip("the native extensions", err)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as err:  # noqa: BLE001 - CompileError, LinkError, a missing compiler executable...
+            self._skip(ext.name, err)
+
+
 setup(ext_modules=[Extension(name, sources, extra_compile_args=cflags + NATIVE_FLAGS.get(name, []),
                              extra_link_args=NATIVE_LINK.get(name, []),
                              depends=[f"{KDIR}/{SOURCES.LUT_HEADER}", f"{KDIR}/pool.h", f"{KDIR}/probe.h"])
                    for name, sources in NATIVE.items()],
-      cmdclass={"build_py": BuildPyWithKernels})
+      cmdclass={"build_py": BuildPyWithKernels, "build_ext": OptionalBuildExt})

@@ -12,8 +12,9 @@ the weights, in HF names and HF row order (float64):
 * BitNet packed (transformers ``BitNetForCausalLM``): four row slabs of 2-bit fields, ``W = (f - 1) /
   weight_scale``.
 
-:func:`llama_logits` runs a GGUF in stock llama.cpp (``llama-cpp-python``) and returns the logits
-of every position.
+:func:`llama_run` runs a GGUF in stock llama.cpp (``llama-cpp-python``) in a child process and returns
+the logits of every position (and token ids); a native crash there is a :class:`LlamaCppCrashed`
+failure of one test, never a dead test run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import struct
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -131,26 +133,94 @@ def source_tokenize(folder: Path, text: str) -> list[int]:
     return Tokenizer.from_file(str(Path(folder) / "tokenizer.json")).encode(text, add_special_tokens=False).ids
 
 
-class LlamaCpp:
-    """A GGUF loaded in stock llama.cpp, with logits for every position."""
+class LlamaCppCrashed(AssertionError):
+    """llama.cpp died in its child process (a native crash, an abort or a hang): a failed test, not a dead run."""
 
-    def __init__(self, path: Path, n_ctx: int = 128) -> None:
-        import llama_cpp
 
-        self.llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=2,
-                                   n_batch=n_ctx, verbose=False)
+class LlamaCppRefused(RuntimeError):
+    """llama.cpp refused the file (``Llama(...)`` raised in the child): what a negative control may expect."""
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """float64 ``[len(tokens), vocab]``: llama.cpp's logits after each token."""
-        self.llm.reset()
-        self.llm.eval(tokens)
-        return np.array(self.llm.scores[: self.llm.n_tokens], dtype=np.float64)
+@dataclass
+class LlamaRun:
+    """What one child run of llama.cpp computed."""
 
-    def close(self) -> None:
-        self.llm.close()
+    logits: np.ndarray | None  # float64 [len(tokens), vocab], None when no tokens were given
+    tokenized: dict[str, list[int]]  # text -> ids (add_bos=False, special=False)
+
+
+#: The child: loads the GGUF in llama-cpp-python, tokenises, evaluates, writes an npz, prints one JSON line.
+_CHILD = r"""
+import json, sys
+import numpy as np
+job = json.loads(sys.argv[1])
+import llama_cpp
+try:
+    llm = llama_cpp.Llama(model_path=job["path"], logits_all=True, n_ctx=job["n_ctx"], n_threads=2,
+                          n_batch=job["n_ctx"], verbose=False)
+except Exception as e:  # a refused file: reported, not a crash
+    print(json.dumps({"refused": f"{type(e).__name__}: {e}"}), flush=True)
+    sys.exit(0)
+tokenized = {t: list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)) for t in job["texts"]}
+arrays = {}
+if job["tokens"]:
+    llm.reset()
+    llm.eval(job["tokens"])
+    arrays["logits"] = np.array(llm.scores[: llm.n_tokens], dtype=np.float64)
+np.savez(job["out"], **arrays)
+llm.close()
+print(json.dumps({"tokenized": tokenized}), flush=True)
+"""
+
+
+def llama_cpp_available() -> bool:
+    """Whether ``llama_cpp`` is installed (found, not imported: its native library loads only in children)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_run(path: Path, tokens: list[int] | None = None, texts: tuple[str, ...] | list[str] = (), *,
+              n_ctx: int = 128, timeout: float = 300, prelude: str = "") -> LlamaRun:
+    """Run a GGUF in stock llama.cpp in a child process: logits after each of ``tokens`` and the ids of ``texts``.
+
+    A native crash (e.g. the AMX segfault of native builds, see environment-notes), an abort or a
+    timeout raises :class:`LlamaCppCrashed` naming the signal and the child's last stderr lines, so
+    the test fails with a message and the run goes on.  ``prelude`` is code run in the child first
+    (tests of this helper use it to crash the child on purpose).
+    """
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llama-run-") as tmp:
+        out = Path(tmp) / "run.npz"
+        job = {"path": str(path), "tokens": list(tokens or []), "texts": list(texts), "n_ctx": n_ctx, "out": str(out)}
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+        try:
+            p = subprocess.run([sys.executable, "-c", prelude + "\n" + _CHILD, json.dumps(job)], capture_output=True,
+                               text=True, timeout=timeout, env=env, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise LlamaCppCrashed(f"llama.cpp did not finish within {timeout:g} s running {path}") from None
+        tail = "\n".join(p.stderr.strip().splitlines()[-15:])
+        if p.returncode != 0:
+            why = f"exit code {p.returncode}"
+            if p.returncode < 0:
+                try:
+                    why = f"signal {signal.Signals(-p.returncode).name}"
+                except ValueError:
+                    why = f"signal {-p.returncode}"
+            raise LlamaCppCrashed(f"llama.cpp died ({why}) running {path} in its child process; "
+                                  f"last stderr lines:\n{tail}")
+        lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+        if not lines:
+            raise LlamaCppCrashed(f"llama.cpp's child printed no result running {path}; stderr:\n{tail}")
+        if "refused" in lines[-1]:
+            raise LlamaCppRefused(lines[-1]["refused"])
+        with np.load(out) as z:
+            logits = z["logits"] if "logits" in z.files else None
+        return LlamaRun(logits, lines[-1]["tokenized"])
 
 
 def rel_logit_error(got: np.ndarray, want: np.ndarray) -> float:

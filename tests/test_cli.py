@@ -171,7 +171,10 @@ def test_signal_midway_leaves_no_output(tmp_path, sig):
     src = _synth(tmp_path, sleep=0.2, layers=4)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    # A shell's background job (and CI under nohup) starts with SIGINT ignored, which children inherit;
+    # a terminal's Ctrl-C reaches the CLI with Python's default handler, so the child restores it.
     code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _tmac_synth\n"
+            "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from tmac_convert.cli import main; main()")
     p = subprocess.Popen([sys.executable, "-c", code, str(src), "-o", str(out_dir / "o.gguf"), "--no-verify"],
                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

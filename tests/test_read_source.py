@@ -119,11 +119,22 @@ def test_repo_id_downloads_only_weights_configs_and_tokenizer(monkeypatch: pytes
         calls.append(kw)
         return str(FIXTURES / "gptq_v2_asym_2bit")
 
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    asked = []
+
+    def repo_info(self, repo_id, revision=None, **kw):
+        asked.append((repo_id, revision))
+        return type("Info", (), {"sha": commit})()
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     model = read("someone/tiny-gptq", cache_dir=tmp_path, revision="main")
     assert model.format == "gptq"
     (kw,) = calls
-    assert kw["repo_id"] == "someone/tiny-gptq" and kw["revision"] == "main" and kw["cache_dir"] == str(tmp_path)
+    # the revision is resolved (and its commit id checked) before snapshot_download builds cache paths
+    assert asked == [("someone/tiny-gptq", "main")]
+    assert kw["repo_id"] == "someone/tiny-gptq" and kw["revision"] == commit and kw["cache_dir"] == str(tmp_path)
     pats = kw["allow_patterns"]
     assert "*.safetensors" in pats and "*.json" in pats and "tokenizer.model" in pats
     for unwanted in ("pytorch_model.bin", "model.pt", "consolidated.00.pth", "model.gguf", "optimizer.ckpt",

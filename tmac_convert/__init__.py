@@ -34,20 +34,13 @@ __all__ = ["__version__", "pack", "unpack", "blob_nbytes", "QuantTensor", "read"
            "verify_file", "FileCheck", "kernels", "TmacError", "LayoutError", "VerificationError", "Kcfg",
            "KernelConfig", "TileConfig", "load_kcfg", "load_preset", "preset_names", "default_tiles"]
 
-# Loaded on first use.
-_LAZY = {"kernels": (".kernels", None)}
-
-
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    """``tc.kernels`` on first use (the native kernels are not needed to pack a tensor)."""
+    if name != "kernels":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    from .kernels import gemm  # noqa: F401 - loading the submodule binds it on this package
 
-    module, attr = _LAZY[name]
-    mod = importlib.import_module(module, __name__)
-    value = mod if attr is None else getattr(mod, attr)
-    globals()[name] = value
-    return value
+    return globals()["kernels"]
 
 
 def __dir__() -> list[str]:

@@ -58,8 +58,9 @@ app = typer.Typer(cls=_DefaultToConvert, add_completion=False, no_args_is_help=T
 def _version(value: bool) -> None:
     if value:
         from . import __version__
+        from .native_status import summary
 
-        typer.echo(f"tmac-convert {__version__}")
+        typer.echo(f"tmac-convert {__version__}\n{summary()}")
         raise typer.Exit(EXIT_OK)
 
 
@@ -168,7 +169,10 @@ def _summary(report) -> None:
              (f"; kcfg written to {report.kcfg_out} (T-MAC's runtime reads it from TMAC_KCFG_FILE; its kernels "
               "must be built for the same tiles)" if report.kcfg_out and report.format == "gguf" else
               f"; kcfg written to {report.kcfg_out}" if report.kcfg_out else "")]
-    for line in lines + [f"note: {n}" for n in report.notes]:
+    from .native_status import fallback_note
+
+    note = fallback_note()
+    for line in lines + ([note] if note else []) + [f"note: {n}" for n in report.notes]:
         con.print(line, highlight=False, markup=False)
 
 

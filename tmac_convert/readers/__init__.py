@@ -42,8 +42,9 @@ def detect(path: Path) -> type[Reader]:
     for cls in readers:
         if cls.detect(path):
             return cls
-    raise TmacError(f"no reader recognises this source (known formats: {', '.join(r.name for r in readers)}); "
-                    "expected an HF folder with config.json and safetensors, or a GGUF file", file=str(path),
+    from .diagnose import why_unrecognised
+
+    raise TmacError(f"no reader recognises this source: {why_unrecognised(path)}", file=str(path),
                     rule="known source format")
 
 

@@ -367,6 +367,6 @@ def _zero_offsets(stored: np.ndarray, s: np.ndarray, bits: int, fmt: str) -> np.
     # z - 2**(b-1) is a small integer (|.| <= 16), exact in any float type, and its product with a
     # float16 scale is exact in float32; so one float32 multiply rounded once to float16 is exactly
     # numpy's float16 arithmetic, several times faster.
-    wide = np.float32 if dt == np.float16 else dt
-    z = stored.astype(wide) + (wide(1) if fmt == "v1" else wide(0))
-    return ((z - wide(1 << (bits - 1))) * s.astype(wide, copy=False)).astype(dt, copy=False)
+    wide = np.dtype(np.float32) if dt == np.float16 else dt  # a dtype instance, not a scalar type
+    z = stored.astype(wide) + wide.type(1 if fmt == "v1" else 0)
+    return ((z - wide.type(1 << (bits - 1))) * s.astype(wide, copy=False)).astype(dt, copy=False)
