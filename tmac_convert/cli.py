@@ -161,13 +161,8 @@ def _summary(report) -> None:
     for typ, d in sorted(report.by_type().items()):
         t.add_row(Text(str(typ)), str(d["tensors"]), _fmt_bytes(d["src_nbytes"]), _fmt_bytes(d["out_nbytes"]))
     con.print(t)
-    worst = report.worst
     lines = [f"compression vs float16: {report.compression:.2f}x ({_fmt_bytes(report.f16_nbytes)} -> "
-             f"{_fmt_bytes(report.out_nbytes)})",
-             "verification: " + ("skipped (--no-verify)" if not report.verified else
-                                 "no quantised tensors" if worst is None else
-                                 f"all passed; worst NMSE {worst.nmse:.3g} ({worst.name}), max abs error "
-                                 f"{max(x.max_abs_err for x in report.tensors if x.max_abs_err is not None):.3g}"),
+             f"{_fmt_bytes(report.out_nbytes)})", *_verification_lines(report),
              f"time: {report.seconds:.2f} s ({_fmt_bytes(report.src_nbytes / max(report.seconds, 1e-9))}/s of "
              f"source, {report.threads} threads)",
              f"runtime: {report.runtime}; tiles: {report.kcfg_from}" +
@@ -176,6 +171,39 @@ def _summary(report) -> None:
               f"; kcfg written to {report.kcfg_out}" if report.kcfg_out else "")]
     for line in lines + [f"note: {n}" for n in report.notes]:
         con.print(line, highlight=False, markup=False)
+
+
+def _verification_lines(report) -> list[str]:
+    """What was proven, and — separately, never as "passed" — what was lost."""
+    if not report.verified:
+        out = ["verification: skipped (--no-verify)"]
+    else:
+        tmac = [t for t in report.tensors if t.exact_error is not None]
+        stock = [t for t in report.tensors if t.exact_error is None and t.nmse is not None and t.lossy_nmse is None]
+        out = []
+        if tmac:
+            ex = max(tmac, key=lambda t: t.exact_error / t.exact_limit)
+            i8 = max(tmac, key=lambda t: t.nmse)
+            out.append(f"verification: layout exact on {len(tmac)} T-MAC tensors (worst float-table error "
+                       f"{ex.exact_error:.2g} of the output magnitude, float32 bound {ex.exact_limit:.2g}; {ex.name})")
+            out.append(f"int8 tables (the runtime's rounding): worst NMSE {i8.nmse:.3g} ({i8.name}), "
+                       f"{max(t.int8_ratio for t in tmac):.4f}x what their rounding explains; the rounding model's "
+                       f"average for its bits and act group is {i8.expected_nmse:.3g}")
+        if stock:
+            w = max(stock, key=lambda t: t.max_abs_err)
+            out.append(f"verification: {len(stock)} stock-type tensors hold the source's codes exactly (largest "
+                       f"difference {w.max_abs_err:.3g}, within float16 rounding of the block constants)")
+        requant = [t for t in report.tensors if t.exact_error is None and t.lossy_nmse is not None]
+        if requant:
+            out.append(f"verification: {len(requant)} stock-type tensors were re-quantised, not converted exactly: "
+                       "decoded by gguf.quants.dequantize, their error against the source is below (lossy)")
+        if not out:
+            out.append("verification: no quantised tensors")
+    worst = report.worst_lossy
+    if worst is not None:
+        out.append(f"lossy: NMSE {worst.lossy_nmse:.3g} vs source ({worst.name}; {len(report.lossy)} re-quantised "
+                   f"tensors), within --max-error {report.max_error:g}")
+    return out
 
 
 @app.command("convert", epilog=EPILOG)
@@ -207,6 +235,9 @@ def convert_cmd(
     allow_lossy: bool = typer.Option(False, "--allow-lossy",
                                      help="With a stock --type: re-quantise what it cannot hold exactly (the error "
                                           "is reported per tensor)."),
+    max_error: float = typer.Option(0.1, "--max-error", help="Largest NMSE a re-quantised tensor may have against "
+                                    "the source's weights (float source, act-order requantisation, --allow-lossy); "
+                                    "beyond it the conversion fails with exit 1."),
 ) -> None:
     """Convert SOURCE to a T-MAC GGUF (or npz) file, verifying every quantised tensor."""
     from .convert import convert
@@ -216,7 +247,8 @@ def convert_cmd(
         kwargs = dict(format=format.value, bits=bits, group_size=group, zero_point=zero_point, kcfg=kcfg,
                       preset=preset, runtime=runtime.value, threads=threads, force=force, verify=not no_verify,
                       act_group_size=act_group, tokenizer_pre=tokenizer_pre, progress=update,
-                      out_type=out_type.value, allow_lossy=allow_lossy, **_reader_options(gptq_format, act_order))
+                      out_type=out_type.value, allow_lossy=allow_lossy, max_error=max_error,
+                      **_reader_options(gptq_format, act_order))
         if prog is not None:
             with prog:
                 report = convert(source, out, **kwargs)

@@ -40,6 +40,7 @@ class TensorCheck:
     nmse: float | None = None
     max_abs_err: float | None = None
     matches_source: bool | None = None
+    proof: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -124,8 +125,9 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
             r = verify_tensor(qt, np.asarray(data), bm=pl.tiles.bm, kfactor=pl.tiles.kfactor,
                               act_group_size=k if ags == -1 else ags, seed=VERIFY_SEED)
             c.nmse, c.max_abs_err = float(r.nmse), float(r.max_abs_err)
+            c.proof = r.as_dict()
             if not r.ok:
-                c.problems.append(f"kernel check failed: nmse {r.nmse:.3g}, max abs error {r.max_abs_err:.3g}")
+                c.problems.append(f"kernel check failed: {r.summary()}")
 
     if source is not None:
         _compare_source(out, checks, reader, model, source, reader_options or {})
