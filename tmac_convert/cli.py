@@ -9,8 +9,10 @@
 The bare form is the ``convert`` command (``tmac-convert convert SOURCE`` is the same).
 
 Exit codes: 0 success; 1 verification failed (a converted tensor does not compute what its source
-computed, or ``verify`` found a mismatch); 2 bad input or usage (unreadable source, kcfg mismatch,
-existing output without --force, unknown option...); 130 interrupted.  Errors are one line on
+computed, a re-quantised tensor's error is above --max-error, or ``verify`` found a mismatch); 2 bad
+input or usage (unreadable source, kcfg mismatch, existing output without --force, an output that
+would replace a file of the source, unknown option...); 130 interrupted; 141 stdout closed early
+(``... | head``), nothing reported.  Errors are one line on
 stderr; set TMAC_CONVERT_TRACEBACK=1 to see the traceback of an unexpected error.
 """
 
@@ -31,8 +33,10 @@ from typer.core import TyperGroup
 from .errors import TmacError
 
 EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 TRACEBACK_ENV = "TMAC_CONVERT_TRACEBACK"
-EPILOG = ("Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted. "
+EPILOG = ("Exit codes: 0 ok, 1 verification failed (or lossy beyond --max-error), 2 bad input or usage, "
+          "130 interrupted, 141 stdout closed early. "
           f"Set {TRACEBACK_ENV}=1 to show tracebacks of unexpected errors.")
 
 
@@ -84,6 +88,30 @@ class OutType(str, Enum):
     f32 = "f32"
 
 
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``tmac-convert inspect F | head``): point stdout at /dev/null so
+    that the interpreter's final flush does not fail again, and say nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_console():
+    """A rich console on stdout whose closed pipe is a :class:`BrokenPipeError` (rich's default exits with
+    1, which here means "verification failed")."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console()
+
+
 def _err(message: str) -> None:
     typer.echo(f"tmac-convert: error: {message}", err=True)
 
@@ -95,6 +123,9 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        _stdout_gone()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except TmacError as e:
         _err(" ".join(str(e).split()))
         raise typer.Exit(e.exit_code) from None
@@ -148,11 +179,10 @@ def _progress_bar(enabled: bool):
 
 
 def _summary(report) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    con = Console()
+    con = _stdout_console()
     t = Table(title=Text(f"{report.source} -> {report.out}"), show_footer=True)
     t.add_column("type", footer="total")
     t.add_column("tensors", justify="right", footer=str(len(report.tensors)))
@@ -274,11 +304,10 @@ def inspect_cmd(
         if json_out:
             typer.echo(json.dumps(d, indent=1, default=str))
             return
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text  # file contents are shown as text, never as rich markup
 
-        con = Console()
+        con = _stdout_console()
         rt = d.get("runtime")
         con.print(f"{d['file']}: {d['container']}, {_fmt_bytes(d['file_size'])}, architecture "
                   f"{d.get('architecture')}" + (f", runtime {rt['name']}" if rt else ""), markup=False)
@@ -316,8 +345,12 @@ def verify_cmd(
     runtime: Optional[RuntimeName] = typer.Option(None, "--runtime", help="Type-id numbering of such a file."),
     gptq_format: Optional[str] = typer.Option(None, "--gptq-format", help="Reader option for the source."),
     act_order: Optional[str] = typer.Option(None, "--act-order", help="Reader option for the source."),
+    max_error: float = typer.Option(0.1, "--max-error", help="Largest NMSE a re-quantised stock tensor may have "
+                                    "against --source."),
 ) -> None:
-    """Re-check FILE (structure, kcfg, kernel check; with --source, byte equality). Exit 1 on any mismatch."""
+    """Re-check FILE: T-MAC GGUF or npz (structure, kcfg, the layout proof and int8 check per tensor; with
+    --source, byte equality) or a stock-type GGUF (structure and decoding; with --source, the weights
+    against the source's, re-quantised tensors reported as lossy). Exit 1 on any mismatch."""
     from .filecheck import verify_file
 
     with _errors():
@@ -326,15 +359,28 @@ def verify_cmd(
             fopts["kcfg"] = kcfg
         if runtime is not None:
             fopts["runtime"] = runtime.value
-        res = verify_file(file, source, reader_options=_reader_options(gptq_format, act_order), file_options=fopts)
+        res = verify_file(file, source, reader_options=_reader_options(gptq_format, act_order), file_options=fopts,
+                          max_error=max_error)
         if json_out:
             typer.echo(json.dumps(res.to_dict(), indent=1))
         else:
             n = len(res.tensors)
             if res.ok:
-                worst = res.to_dict()["worst_nmse"]
-                typer.echo(f"{file}: OK, {n} tensors" + (f", worst NMSE {worst:.3g}" if worst is not None else "")
-                           + (", bytes equal the conversion of the source" if source else ""))
+                d = res.to_dict()
+                proofs = [t.proof for t in res.tensors if t.proof]
+                if res.stock:
+                    what = (", stock types: structure and decoding only (give --source to compare the weights)"
+                            if not source else
+                            f", lossy: worst NMSE {d['worst_lossy_nmse']:.3g} vs source (within --max-error "
+                            f"{max_error:g}); exactly held tensors match it within float16 rounding"
+                            if d["lossy"] else ", weights match the source within float16 rounding")
+                else:
+                    what = "" if not proofs else (
+                        f", layout exact (worst {max(p['exact_error'] for p in proofs):.2g} of the output magnitude),"
+                        f" worst int8 NMSE {d['worst_nmse']:.3g} = {max(p['int8_ratio'] for p in proofs):.4f}x what "
+                        "table rounding explains")
+                    what += ", bytes equal the conversion of the source" if source else ""
+                typer.echo(f"{file}: OK, {n} tensors{what}")
             else:
                 for f in res.failures:
                     typer.echo(f"FAIL: {f}")
@@ -386,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="tmac-convert", standalone_mode=False)
     except typer.Exit as e:  # pragma: no cover - typer returns the code in non-standalone mode
         code = e.exit_code
+    except BrokenPipeError:
+        _stdout_gone()
+        code = EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         _err("interrupted")
         code = EXIT_INTERRUPTED
@@ -399,4 +448,9 @@ def main(argv: list[str] | None = None) -> None:
                 traceback.print_exc()
             _err(f"unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             code = EXIT_BAD_INPUT
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+        code = EXIT_BROKEN_PIPE
     sys.exit(code if isinstance(code, int) else 0)

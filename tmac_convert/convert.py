@@ -26,6 +26,7 @@ from .gguf_tmac import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
 from .parallel import cpu_count
 from .pipeline import run_pipeline
+from .source_guard import refuse_source_targets
 from .readers.base import SourceModel, Tensor, TensorInfo
 from .tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
@@ -172,8 +173,17 @@ def resolve_kcfg(kcfg: str | Path | Kcfg | None, preset: str | None) -> Kcfg | N
 
 
 def default_out(source: str | Path, fmt_suffix: str) -> Path:
-    """``<source name>.tmac<suffix>`` in the current folder (a Hub id ``org/name`` gives ``name``)."""
-    name = str(source).rstrip("/\\").replace("\\", "/").split("/")[-1] or "model"
+    """``<source name>.tmac<suffix>`` in the current folder.
+
+    The name is that of the resolved local path (``.`` inside a folder ``llama-2bit`` gives
+    ``llama-2bit.tmac.gguf``), or the last part of a Hub id ``org/name``.
+    """
+    p = Path(source)
+    if p.exists():
+        name = p.resolve().name
+    else:
+        name = str(source).rstrip("/\\").replace("\\", "/").split("/")[-1]
+    name = name.lstrip(".") or "model"
     for ext in (".gguf", ".npz", ".safetensors"):
         if name.endswith(ext):
             name = name[: -len(ext)]
@@ -388,10 +398,11 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
                           generated=frozenset(t.name for t in extras))
 
+    kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
+    refuse_source_targets([out_path] + ([kcfg_out] if kcfg_out else []), Path(model.path))
     ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre)
     writer = writer_cls(ctx)
     writer.prepare()
-    kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
     kcfg_text = plan.kcfg.to_ini()
     targets = [out_path] + ([kcfg_out] if kcfg_out else [])
     nthreads = threads or cpu_count()

@@ -24,9 +24,10 @@ import numpy as np
 from .convert import VERIFY_SEED, kcfg_path_for
 from .describe import kcfg_problems
 from .errors import TmacError
+from .gguf_tmac import is_gguf, parse
 from .layouts import pack
 from .readers.base import FloatTensor
-from .readers.tmac_file import TmacFileReader
+from .readers.tmac_file import TmacFileReader, looks_tmac
 from .tensor import QuantTensor
 from .writers.encodings import get_encoding
 
@@ -41,6 +42,7 @@ class TensorCheck:
     max_abs_err: float | None = None
     matches_source: bool | None = None
     proof: dict[str, Any] | None = None
+    lossy_nmse: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -56,6 +58,7 @@ class FileCheck:
     source: str | None
     tensors: list[TensorCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    stock: bool = False  # a GGUF of stock llama.cpp types (checked by tmac_convert.stockcheck)
 
     @property
     def ok(self) -> bool:
@@ -67,13 +70,16 @@ class FileCheck:
 
     def to_dict(self) -> dict[str, Any]:
         worst = max((t.nmse for t in self.tensors if t.nmse is not None), default=None)
+        lossy = [t.lossy_nmse for t in self.tensors if t.lossy_nmse is not None]
         return {"file": self.file, "source": self.source, "ok": self.ok, "problems": self.failures,
-                "worst_nmse": worst, "tensors": [{**asdict(t), "ok": t.ok} for t in self.tensors]}
+                "stock": self.stock, "worst_nmse": worst, "lossy": bool(lossy),
+                "worst_lossy_nmse": max(lossy) if lossy else None,
+                "tensors": [{**asdict(t), "ok": t.ok} for t in self.tensors]}
 
 
 def verify_file(path: str | Path, source: str | Path | None = None, *, verify: bool = True,
-                reader_options: dict[str, Any] | None = None, file_options: dict[str, Any] | None = None
-                ) -> FileCheck:
+                reader_options: dict[str, Any] | None = None, file_options: dict[str, Any] | None = None,
+                max_error: float | None = None) -> FileCheck:
     """Re-check a T-MAC GGUF or tmac-convert npz (see the module docstring).
 
     Args:
@@ -82,11 +88,23 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
         verify: run the kernel-level check on each quantised tensor.
         reader_options: options for reading the source (e.g. ``gptq_format``).
         file_options: options for reading the file (``kcfg``/``runtime`` for T-MAC's own files).
+        max_error: the largest NMSE a re-quantised stock tensor may have against the source (default
+            :data:`tmac_convert.convert.DEFAULT_MAX_ERROR`).
 
     Raises:
         TmacError: the file (or source) cannot be read at all.
     """
     p = Path(path)
+    if p.is_dir():
+        raise TmacError("is a folder; verify takes a file this tool wrote (a GGUF or an npz)", file=str(p),
+                        rule="file to verify")
+    if is_gguf(p) and not file_options and not looks_tmac(parse(p)):
+        from .convert import DEFAULT_MAX_ERROR
+        from .stockcheck import check_stock_file
+
+        out = FileCheck(str(p), None if source is None else str(source), stock=True)
+        check_stock_file(out, p, source, reader_options or {}, DEFAULT_MAX_ERROR if max_error is None else max_error)
+        return out
     reader = TmacFileReader(**(file_options or {}))
     model = reader.open(p)
     plans = reader.plans(model)
