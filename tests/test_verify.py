@@ -176,7 +176,7 @@ def test_verification_is_reproducible_and_reports_its_run():
 
 def test_large_tensors_judge_int8_on_evenly_spread_rows():
     rows = verify._sample_rows(4096, 14336, 4)
-    assert 100 < len(rows) < 4096 and rows[0] == 0 and rows[-1] == 4095 and np.all(np.diff(rows) > 0)
+    assert 64 <= len(rows) < 4096 and rows[0] == 0 and rows[-1] == 4095 and np.all(np.diff(rows) > 0)
     assert len(verify._sample_rows(512, 256, 4)) == 512
 
 
