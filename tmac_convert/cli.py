@@ -35,8 +35,8 @@ from .errors import TmacError
 EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 TRACEBACK_ENV = "TMAC_CONVERT_TRACEBACK"
-EPILOG = ("Exit codes: 0 ok, 1 verification failed (or lossy beyond --max-error), 2 bad input or usage, "
-          "130 interrupted, 141 stdout closed early. "
+EPILOG = ("Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted, 141 stdout closed "
+          "early; 1 also when a re-quantised tensor's error is above --max-error. "
           f"Set {TRACEBACK_ENV}=1 to show tracebacks of unexpected errors.")
 
 
