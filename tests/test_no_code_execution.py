@@ -143,7 +143,7 @@ def _every_conversion(tmp: Path, tag: str) -> None:
             out = tmp / f"{tag}-{fmt}" / f"{src.split('/')[0]}.{fmt}"
             convert(FIX / src, out, format=fmt, **opts)
             reader_opts = {k: v for k, v in opts.items() if k == "act_order"}
-            assert verify_file(out, FIX / src, reader_options=reader_opts).ok
+            assert verify_file(out, FIX / src, reader_options=reader_opts, max_error=opts.get("max_error")).ok
             describe_file(out)
             list(tmac_convert.read(out).tensors())
 

@@ -280,7 +280,8 @@ def _converts_and_verifies(path: Path, tmp: Path, **opts) -> None:
     from tmac_convert.filecheck import verify_file
 
     r = verify_file(out / "model.gguf", path, reader_options={k: v for k, v in opts.items()
-                                                              if k in ("gptq_format", "act_order")})
+                                                              if k in ("gptq_format", "act_order")},
+                    max_error=opts.get("max_error"))
     assert r.ok, r.failures
 
 

@@ -380,6 +380,9 @@ def verify_cmd(
                         f" worst int8 NMSE {d['worst_nmse']:.3g} = {max(p['int8_ratio'] for p in proofs):.4f}x what "
                         "table rounding explains")
                     what += ", bytes equal the conversion of the source" if source else ""
+                    if d["lossy"]:
+                        what += (f"; lossy: worst NMSE {d['worst_lossy_nmse']:.3g} vs source (within --max-error "
+                                 f"{max_error:g})")
                 typer.echo(f"{file}: OK, {n} tensors{what}")
             else:
                 for f in res.failures:

@@ -148,12 +148,15 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
                 c.problems.append(f"kernel check failed: {r.summary()}")
 
     if source is not None:
-        _compare_source(out, checks, reader, model, source, reader_options or {})
+        from .convert import DEFAULT_MAX_ERROR
+
+        _compare_source(out, checks, reader, model, source, reader_options or {},
+                        DEFAULT_MAX_ERROR if max_error is None else max_error)
     return out
 
 
 def _compare_source(out: FileCheck, checks: dict[str, TensorCheck], reader: TmacFileReader, model, source,
-                    reader_options: dict[str, Any]) -> None:
+                    reader_options: dict[str, Any], max_error: float) -> None:
     from .readers import read
 
     q = model.quantization
@@ -190,6 +193,13 @@ def _compare_source(out: FileCheck, checks: dict[str, TensorCheck], reader: Tmac
             c.matches_source = False
             c.problems.append(f"the source tensor does not fit the stored one: {e}")
             continue
+        if isinstance(t, QuantTensor):
+            from .convert import lossy_error
+
+            c.lossy_nmse = lossy_error(t, None)  # the source re-quantised (float source, act order)
+            if c.lossy_nmse is not None and not c.lossy_nmse <= max_error:
+                c.problems.append(f"lossy: NMSE {c.lossy_nmse:.3g} against the source's weights, above "
+                                  f"--max-error {max_error:g}")
         got = np.asarray(data).reshape(-1)
         same = want.size == got.size and np.array_equal(want, got)
         c.matches_source = bool(same)
