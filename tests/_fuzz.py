@@ -35,9 +35,9 @@ from hypothesis import strategies as st
 
 import tmac_convert
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_tmac import KV, parse
+from tmac_convert.format import KV, parse
 from tmac_convert.readers.base import FloatTensor
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -521,8 +521,8 @@ def gguf_field_edit(draw, image: GGUFImage) -> Blob:
 
 #: Modules another helper is still writing: a bug found there is registered below (with a strict-xfail
 #: reproducer in test_fuzz_regressions.py) instead of fixed here.  Readers and layouts are never listed.
-IN_PROGRESS = ("cli.py", "convert.py", "pipeline.py", "gguf_tmac.py", "readers/tmac_file.py", "describe.py",
-               "filecheck.py", "verify.py", "writers/", "kernels/")
+IN_PROGRESS = ("cli.py", "convert.py", "pipeline.py", "format/runtime.py", "readers/tmac_file.py", "inspect_file.py",
+               "verify_file.py", "proof.py", "writers/", "format/encodings/", "kernels/")
 
 
 @dataclass(frozen=True)
@@ -640,7 +640,7 @@ def check_read(path: Path, oracle=None, **options: Any) -> str:
 
 def check_inspect(path: Path) -> str:
     """``tmac-convert inspect`` as a library call: a description or a TmacError."""
-    from tmac_convert.describe import describe_file
+    from tmac_convert.inspect_file import describe_file
 
     try:
         with bounded():
@@ -657,7 +657,7 @@ def check_inspect(path: Path) -> str:
 
 def check_verify(path: Path, source: Path | None = None, verify: bool = True) -> str:
     """``tmac-convert verify`` as a library call: ``"ok"``, ``"fail"`` (problems listed) or ``"error"``."""
-    from tmac_convert.filecheck import verify_file
+    from tmac_convert.verify_file import verify_file
 
     try:
         with bounded():

@@ -22,7 +22,7 @@ import numpy as np
 
 from tmac_convert.errors import TmacError
 from tmac_convert.readers.base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 SPEC = "synth.json"
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tmac_convert.gguf_tmac import parse
+from tmac_convert.format import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
@@ -49,7 +49,7 @@ def one_line_error(r, code: int) -> str:
 
 
 needs_verify = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("tmac_convert.verify") is None, reason="tmac_convert.verify not built yet")
+    __import__("importlib").util.find_spec("tmac_convert.proof") is None, reason="tmac_convert.proof not built yet")
 
 
 # -- the bare convert form ------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_signal_midway_leaves_no_output(tmp_path, sig):
 @needs_verify
 def test_verification_failure_exits_1_and_writes_nothing(tmp_path):
     """A layout bug (simulated: bit 0 of every code flipped in the first half of each blob) is caught."""
-    prelude = ("import tmac_convert.writers.encodings as E\n_p = E.pack\n"
+    prelude = ("import tmac_convert.format.encodings.tmac as E\n_p = E.pack\n"
                "def bad(*a, **k):\n    b = _p(*a, **k); b[: b.size // 2] ^= 0x11; return b\nE.pack = bad\n")
     r = run_synth(str(_synth(tmp_path)), "-o", str(tmp_path / "o.gguf"), prelude=prelude)
     line = one_line_error(r, 1)
@@ -244,7 +244,7 @@ def test_inspect_bad_inputs(tmp_path):
 def test_verify_against_source_passes_then_catches_a_flipped_byte(tmp_path, converted):
     r = run("verify", str(converted), "--source", str(GPTQ), "--json")
     if r.returncode != 0 and "verify" in r.stderr and "No module" in r.stderr:
-        pytest.skip("tmac_convert.verify not built yet")
+        pytest.skip("tmac_convert.proof not built yet")
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(r.stdout)
     assert d["ok"] is True and all(t["matches_source"] for t in d["tensors"])

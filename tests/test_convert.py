@@ -11,7 +11,7 @@ import pytest
 
 from tmac_convert.convert import ProgressUpdate, check_requested, convert, default_out, kcfg_path_for
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_tmac import parse
+from tmac_convert.format import parse
 from tmac_convert.layouts import Kcfg, KernelConfig, TileConfig
 from tmac_convert.readers.base import TensorInfo
 from tmac_convert.writers import atomic

@@ -43,7 +43,7 @@ PART = re.compile(r"^\.(model\.gguf|model\.kcfg\.ini)\..+\.part$")
 
 ZYGOTE = r"""
 import json, os, signal, sys
-import tmac_convert.cli, tmac_convert.convert, tmac_convert.verify, tmac_convert.pipeline
+import tmac_convert.cli, tmac_convert.convert, tmac_convert.proof, tmac_convert.pipeline
 import tmac_convert.writers.gguf_writer, tmac_convert.writers.npz_writer
 import rich.console, rich.table, rich.progress
 from tmac_convert.readers import load_readers

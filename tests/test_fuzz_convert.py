@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tmac_convert.convert import convert
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_tmac import parse
+from tmac_convert.format import parse
 
 from . import _fuzz as F
 

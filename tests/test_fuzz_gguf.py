@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tmac_convert.gguf_tmac import KV, parse
+from tmac_convert.format import KV, parse
 from tmac_convert.readers.base import FloatTensor
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 from . import _fuzz as F
 

@@ -221,7 +221,7 @@ def test_a_corrupt_npz_member_is_a_tmac_error(tmp_path):
 
 
 def test_a_non_string_tmac_runtime_is_a_tmac_error(tmp_path):
-    from tmac_convert.gguf_tmac import KV
+    from tmac_convert.format import KV
 
     out = tmp_path / "m.gguf"
     convert(FIX / "gptq_3bit", out, verify=False)
@@ -233,7 +233,7 @@ def test_a_non_string_tmac_runtime_is_a_tmac_error(tmp_path):
 
 
 def test_inspect_of_an_npz_whose_tensor_entries_are_not_objects_is_a_tmac_error_or_a_problem(tmp_path):
-    from tmac_convert.describe import describe_file
+    from tmac_convert.inspect_file import describe_file
 
     bad = tmp_path / "bad.npz"
     _rezip(_npz(tmp_path), bad, manifest=lambda m: m.__setitem__("tensors", [[1, 2]]))
@@ -245,7 +245,7 @@ def test_inspect_of_an_npz_whose_tensor_entries_are_not_objects_is_a_tmac_error_
 
 
 def test_verify_of_an_npz_whose_tensor_name_is_not_a_string_is_a_tmac_error(tmp_path):
-    from tmac_convert.filecheck import verify_file
+    from tmac_convert.verify_file import verify_file
 
     bad = tmp_path / "bad.npz"
     _rezip(_npz(tmp_path), bad, manifest=lambda m: m["tensors"][0].__setitem__("name", {"x": 1}))

@@ -100,7 +100,7 @@ def test_an_npz_member_with_a_pickled_object_array_is_refused(tmp_path):
             b.writestr(info.filename, data)
     with pytest.raises(TmacError):
         list(tmac_convert.read(evil).tensors())
-    from tmac_convert.filecheck import verify_file
+    from tmac_convert.verify_file import verify_file
 
     with pytest.raises(TmacError):
         verify_file(evil)
@@ -134,8 +134,8 @@ CONVERSIONS = [("gptq_v2_asym_2bit", {}, ("gguf", "npz")), ("gptq_act_order", {"
 
 
 def _every_conversion(tmp: Path, tag: str) -> None:
-    from tmac_convert.describe import describe_file
-    from tmac_convert.filecheck import verify_file
+    from tmac_convert.inspect_file import describe_file
+    from tmac_convert.verify_file import verify_file
 
     for src, opts, formats in CONVERSIONS:
         for fmt in formats:
@@ -231,7 +231,7 @@ def test_gguf_string_metadata_that_looks_like_code_is_carried_as_text(tmp_path):
     src = tmp_path / "src.gguf"
     src.write_bytes(im.to_bytes())
     convert(src, tmp_path / "out.gguf", verify=False)
-    from tmac_convert.gguf_tmac import parse
+    from tmac_convert.format import parse
 
     assert parse(tmp_path / "out.gguf").get("general.name") == CODE.format(str(canary))
     assert not canary.exists()

@@ -23,11 +23,11 @@ import tmac_convert
 from tmac_convert import QuantTensor, pack, unpack
 from tmac_convert.convert import convert
 from tmac_convert.errors import LayoutError, TmacError, VerificationError
-from tmac_convert.gguf_tmac import parse
+from tmac_convert.format import parse
 from tmac_convert.layouts import default_tiles
 from tmac_convert.layouts.format_a import pack_weights_numpy
-from tmac_convert.readers.quantize import quantize_rtn
-from tmac_convert.verify import check, verify_tensor
+from tmac_convert.quantize import quantize_rtn
+from tmac_convert.proof import check, verify_tensor
 
 from .conftest import layout_native
 
@@ -277,7 +277,7 @@ def _converts_and_verifies(path: Path, tmp: Path, **opts) -> None:
     out = tmp / "converted"
     out.mkdir(exist_ok=True)
     convert(path, out / "model.gguf", verify=True, **opts)
-    from tmac_convert.filecheck import verify_file
+    from tmac_convert.verify_file import verify_file
 
     r = verify_file(out / "model.gguf", path, reader_options={k: v for k, v in opts.items()
                                                               if k in ("gptq_format", "act_order")},

@@ -19,7 +19,7 @@ from tmac_convert import read
 from tmac_convert.errors import TmacError
 from tmac_convert.readers import Reader, detect, load_readers
 from tmac_convert.readers import source as source_mod
-from tmac_convert.readers.naming import (gguf_arch, gguf_tensor_name, is_projection, permute_qk, qk_permute_heads,
+from tmac_convert.archs.naming import (gguf_arch, gguf_tensor_name, is_projection, permute_qk, qk_permute_heads,
                                          unpermute_qk)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -18,7 +18,7 @@ from tmac_convert.readers.base import FloatTensor
 from tmac_convert.readers.bitnet import (BitNetReader, pack_bitnet_slabs, round_to_dtype, ternarize,
                                          unpack_bitnet_slabs)
 from tmac_convert.readers.safetensors_io import SafetensorsCheckpoint
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -363,7 +363,7 @@ def test_reading_is_lazy(folder: str) -> None:
 
 def test_llama_with_bitnet_quantization_gets_llama_names_and_qk_permutation(tmp_path: Path) -> None:
     """A LlamaForCausalLM carrying quant_method bitnet: llama naming, q/k code rows permuted."""
-    from tmac_convert.readers.naming import permute_qk
+    from tmac_convert.archs.naming import permute_qk
 
     folder = gen_bitnet.packed_dir(tmp_path / "llama158", architecture="LlamaForCausalLM")
     src, _ = source(folder)

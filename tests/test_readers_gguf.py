@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from tmac_convert.errors import TmacError
 from tmac_convert.readers.base import FloatTensor
+from tmac_convert.format.gguf_file import scan as scan_gguf_header
 from tmac_convert.readers.gguf_source import (GGUFSourceReader, decode_q4_0, decode_q4_1, decode_tq1_0,
-                                              decode_tq2_0, is_tmac_gguf, scan_gguf_header)
-from tmac_convert.readers.naming import is_projection
-from tmac_convert.readers.quantize import quantize_rtn
-from tmac_convert.tensor import QuantTensor
+                                              decode_tq2_0, is_tmac_gguf)
+from tmac_convert.archs.naming import is_projection
+from tmac_convert.quantize import quantize_rtn
+from tmac_convert.format.tensor import QuantTensor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -153,7 +154,7 @@ def test_f16_projections_are_requantised_with_rtn(options: dict, want: tuple) ->
             np.testing.assert_array_equal(t.scales, w.scales)
             assert t.meta["source_type"] == "F16" and t.meta["quant_stats"] == stats
             assert stats["nmse"] < (0.02 if bits == 4 else 0.5)  # 2-bit min-max per row of a Gaussian: ~0.3
-            assert any(n.startswith(f"{t.name}: F16 re-quantised RTN {bits}-bit, nmse") for n in model.notes)
+            assert t.meta["note"].startswith(f"{t.name}: F16 re-quantised RTN {bits}-bit, nmse")
         else:
             assert t.data.dtype == ref.dtype
             np.testing.assert_array_equal(t.data, ref)
@@ -275,7 +276,7 @@ def _patched(src: Path, dst: Path, edits: list[tuple[int, bytes]]) -> Path:
 def test_every_truncation_fails_cleanly(tiny_file: Path, tmp_path: Path) -> None:
     data = tiny_file.read_bytes()
     header = scan_gguf_header(tiny_file)
-    cuts = sorted({0, 3, 4, 8, 16, 23, 24, 30, header.data_start - 1, header.data_start, len(data) - 1,
+    cuts = sorted({0, 3, 4, 8, 16, 23, 24, 30, header.data_offset - 1, header.data_offset, len(data) - 1,
                    *np.linspace(25, len(data) - 2, 40).astype(int).tolist()})
     cut_file = tmp_path / "cut.gguf"
     for n in cuts:
@@ -322,7 +323,7 @@ def test_lying_tensor_infos(tiny_file: Path, tmp_path: Path, edit: str, rule: st
 def test_non_ternary_tq2_0_code_is_refused(tiny_file: Path, tmp_path: Path) -> None:
     header = scan_gguf_header(tiny_file)
     rec = next(t for t in header.tensors if t.name == "blk.0.ffn_up.weight")
-    start = header.data_start + rec.offset
+    start = rec.offset
     bad = _patched(tiny_file, tmp_path / "code3.gguf", [(start + 5, bytes([0xFF]))])  # four fields of 3
     model = GGUFSourceReader().open(bad)
     with pytest.raises(TmacError) as exc:
@@ -334,7 +335,7 @@ def test_nan_scale_is_refused_with_file_and_tensor(tiny_file: Path, tmp_path: Pa
     header = scan_gguf_header(tiny_file)
     rec = next(t for t in header.tensors if t.name == "blk.0.attn_q.weight")
     nan16 = np.array([np.nan], dtype=np.float16).tobytes()
-    bad = _patched(tiny_file, tmp_path / "nan.gguf", [(header.data_start + rec.offset + 18 * 3, nan16)])
+    bad = _patched(tiny_file, tmp_path / "nan.gguf", [(rec.offset + 18 * 3, nan16)])
     model = GGUFSourceReader().open(bad)
     with pytest.raises(TmacError) as exc:
         list(model.tensors())
@@ -407,15 +408,28 @@ def test_not_gguf_and_unparseable_files(tmp_path: Path, tiny_file: Path) -> None
         assert_tmac_error(exc, file=bad, rule="UTF-8 names")
 
 
-def test_gguf_package_exceptions_are_wrapped(tiny_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever GGUFReader raises on a file our scan accepted becomes a TmacError naming the file."""
+def test_a_gguf_source_is_parsed_once_by_the_core_parser(tiny_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection, opening and streaming share one parse of the header (the core's), and the gguf
+    package's own reader is never used: the tensors still match what GGUFReader reads."""
+    from tmac_convert.format import gguf_file
+
+    want = {t.name: np.asarray(t.data).copy() for t in gguf.GGUFReader(tiny_file).tensors}
+    calls = []
+    real = gguf_file.parse_header_uncached
+    monkeypatch.setattr(gguf_file, "parse_header_uncached", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(gguf_file, "_CACHE", type(gguf_file._CACHE)())
+
     def broken(*a, **k):
-        raise KeyError("something the gguf package did not expect")
+        raise AssertionError("GGUFReader was used")
     monkeypatch.setattr(gguf, "GGUFReader", broken)
-    with pytest.raises(TmacError) as exc:
-        GGUFSourceReader().open(tiny_file)
-    assert_tmac_error(exc, file=tiny_file, rule="valid GGUF")
-    assert "KeyError" in str(exc.value)
+    assert GGUFSourceReader.detect(tiny_file)
+    model = GGUFSourceReader(quantize=False).open(tiny_file)
+    got = {t.name: t for t in model.tensors()}
+    assert len(calls) == 1
+    assert set(got) == set(want)
+    for name, t in got.items():
+        if isinstance(t, FloatTensor) and want[name].dtype.kind == "f":
+            assert np.array_equal(np.asarray(t.data), want[name]), name
 
 
 @pytest.mark.parametrize("folder", sorted(EXACT))
@@ -450,7 +464,7 @@ def test_corrupted_header_bytes_raise_only_tmac_errors(data: st.DataObject) -> N
             "blk.0.ffn_up.weight": (gen_gguf.ternarize(rng.standard_normal((8, 256)).astype(np.float32)), Q.TQ1_0),
         })
         raw = bytearray(base.read_bytes())
-        limit = scan_gguf_header(base).data_start + 64
+        limit = scan_gguf_header(base).data_offset + 64
         for _ in range(data.draw(st.integers(1, 4))):
             pos = data.draw(st.integers(0, limit - 1))
             raw[pos] = data.draw(st.integers(0, 255))

@@ -24,7 +24,7 @@ from tmac_convert.errors import TmacError
 from tmac_convert.readers.base import FloatTensor
 from tmac_convert.readers.gptq_bits import pack_qweight, pack_qzeros
 from tmac_convert.readers.gptq_config import GPTQConfig, ZeroEvidence, decide_format
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

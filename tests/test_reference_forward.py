@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import reference_forward as rf
-from tmac_convert.writers.gguf_meta import llama3_rope_factors
+from tmac_convert.archs.hparams import llama3_rope_factors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

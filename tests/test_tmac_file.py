@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from tmac_convert import pack
 from tmac_convert.convert import convert
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_tmac import parse, type_name, RUNTIMES
+from tmac_convert.format import parse, type_name, RUNTIMES
 from tmac_convert.layouts import Kcfg, KernelConfig, TileConfig
 from tmac_convert.readers import detect, read
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 from . import _tmac_synth as S
 
@@ -147,7 +147,7 @@ def test_truncated_gguf_is_refused(written, tmp_path):
 
 def _rewrite_kv(src: Path, dst: Path, edit) -> None:
     """Re-emit a GGUF with its key/values changed by ``edit(dict)`` (tensors copied byte for byte)."""
-    from tmac_convert.writers.gguf_meta import add_kv
+    from tmac_convert.format.kv import add_kv
 
     gf = parse(src)
     kvs = dict(gf.kv)
@@ -175,7 +175,7 @@ def _rewrite_kv(src: Path, dst: Path, edit) -> None:
 
 
 def test_inconsistent_tmac_keys_are_refused(written, tmp_path):
-    from tmac_convert.gguf_tmac import KV
+    from tmac_convert.format import KV
 
     _, g, _ = written
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import tmac_convert as tc
-from tmac_convert import verify
+from tmac_convert import proof as verify
 from tmac_convert.convert import DEFAULT_MAX_ERROR
 from tmac_convert.layouts import default_tiles
 from tmac_convert.readers import read
@@ -230,7 +230,7 @@ def test_verify_checks_stock_type_outputs(tmp_path, src, typ):
     d = json.loads(both.stdout)
     assert both.returncode == 0 and d["ok"] and d["stock"] and not d["lossy"], d["problems"]
     # one flipped byte in a quantised tensor is found against the source
-    from tmac_convert.gguf_tmac import parse
+    from tmac_convert.format.gguf_file import parse
 
     rec = next(t for t in parse(out).tensors if t.name == "blk.0.attn_q.weight")
     data = bytearray(out.read_bytes())

@@ -17,11 +17,11 @@ import pytest
 from tmac_convert import pack
 from tmac_convert.convert import convert, kcfg_path_for
 from tmac_convert.errors import TmacError
-from tmac_convert.gguf_tmac import RUNTIMES, parse
+from tmac_convert.format import RUNTIMES, parse
 from tmac_convert.layouts import Kcfg, blob_nbytes, default_tiles
 from tmac_convert.readers.base import FloatTensor
-from tmac_convert.tensor import QuantTensor
-from tmac_convert.writers.encodings import Encoding, get_encoding
+from tmac_convert.format.tensor import QuantTensor
+from tmac_convert.format.encodings import Encoding, get_encoding
 
 from . import _tmac_synth as S
 
@@ -214,7 +214,7 @@ def test_encodings_are_registered_by_name():
 
 
 def test_f16_overflow_is_an_error_naming_the_tensor():
-    from tmac_convert.writers.encodings import TensorPlan
+    from tmac_convert.format.encodings import TensorPlan
 
     enc = get_encoding("f16")
     plan = TensorPlan("big.weight", "f16", (2, 2))

@@ -15,10 +15,10 @@ import pytest
 
 from tmac_convert import pack
 from tmac_convert.convert import convert
-from tmac_convert.gguf_tmac import RUNTIMES, parse
+from tmac_convert.format import RUNTIMES, parse
 from tmac_convert.layouts import Kcfg, blob_nbytes
 from tmac_convert.readers import read
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = {

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from tmac_convert import read
 from tmac_convert.errors import TmacError, VerificationError
 from tmac_convert.readers.base import FloatTensor, TensorInfo
-from tmac_convert.tensor import QuantTensor
-from tmac_convert.writers.encodings import TensorPlan, get_encoding
-from tmac_convert.writers.stock import plan_stock
+from tmac_convert.format.tensor import QuantTensor
+from tmac_convert.format.encodings import TensorPlan, get_encoding
+from tmac_convert.writers.plan import plan_stock
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 _Q = gguf.GGMLQuantizationType
@@ -334,7 +334,7 @@ def test_non_ternary_codes_refused_while_writing_leave_no_file(tmp_path: Path) -
 ])
 def test_row_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch, encoding: str, make) -> None:
     """Big tensors are encoded and checked in row chunks (bounded memory): same bytes, same figures."""
-    import tmac_convert.writers.stock as stock
+    import tmac_convert.format.encodings.stock as stock
 
     t = make(np.random.default_rng(11))
     whole, e = encode(t, encoding)

@@ -31,6 +31,9 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import TmacError
+from .format.encodings import output_types
+from .format.runtime import DEFAULT_RUNTIME, RUNTIMES
+from .writers.base import output_formats
 
 EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
@@ -68,24 +71,12 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Convert low-bit LLM checkpoints (GPTQ, BitNet b1.58, GGUF) to T-MAC's LUT-kernel layout."""
 
 
-class OutFormat(str, Enum):
-    gguf = "gguf"
-    npz = "npz"
-
-
-class RuntimeName(str, Enum):
-    tmac = "tmac"
-    aug2024 = "aug2024"
-
-
-class OutType(str, Enum):
-    tmac = "tmac"
-    q4_0 = "q4_0"
-    q4_1 = "q4_1"
-    tq1_0 = "tq1_0"
-    tq2_0 = "tq2_0"
-    f16 = "f16"
-    f32 = "f32"
+# The choices come from the registries: a new output format, runtime or encoding is one registered class.
+OutFormat = Enum("OutFormat", {n: n for n in output_formats()}, type=str)  # type: ignore[misc]
+RuntimeName = Enum("RuntimeName", {n: n for n in RUNTIMES}, type=str)  # type: ignore[misc]
+OutType = Enum("OutType", {n: n for n in output_types()}, type=str)  # type: ignore[misc]
+RUNTIME_HELP = "; ".join(f"{r.name}: I1..I4 = {', '.join(str(r.type_ids[b]) for b in sorted(r.type_ids))}"
+                         for r in RUNTIMES.values()) + f" (default {DEFAULT_RUNTIME})."
 
 
 def _stdout_gone() -> None:
@@ -240,7 +231,7 @@ def _verification_lines(report) -> list[str]:
 def convert_cmd(
     source: str = typer.Argument(..., help="Local folder or file, or a Hugging Face repo id (org/name)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: <name>.tmac.gguf here)."),
-    format: OutFormat = typer.Option(OutFormat.gguf, "--format", "-f", help="Output container."),
+    format: OutFormat = typer.Option(OutFormat("gguf"), "--format", "-f", help="Output container."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Weight bits: checked against a quantised source, "
                                        "chosen for a float one."),
     group: Optional[int] = typer.Option(None, "--group", help="Group size (-1: one group per row): checked or chosen."),
@@ -248,8 +239,7 @@ def convert_cmd(
                                               help="Zero points: checked or chosen."),
     kcfg: Optional[Path] = typer.Option(None, "--kcfg", help="T-MAC kcfg.ini giving the tiles (checked first)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A bundled kcfg preset (see `tune --list-presets`)."),
-    runtime: RuntimeName = typer.Option(RuntimeName.tmac, "--runtime",
-                                        help="tmac: T-MAC's pinned fork (ids 36-39); aug2024: the Aug 2024 fork (30-33)."),
+    runtime: RuntimeName = typer.Option(RuntimeName(DEFAULT_RUNTIME), "--runtime", help=RUNTIME_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Worker threads (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the kernel-level check of each tensor."),
@@ -259,7 +249,7 @@ def convert_cmd(
     act_group: Optional[int] = typer.Option(None, "--act-group", help="Kernel activation group size (-1: K)."),
     tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre",
                                                 help="tokenizer.ggml.pre when it cannot be recognised."),
-    out_type: OutType = typer.Option(OutType.tmac, "--type",
+    out_type: OutType = typer.Option(OutType("tmac"), "--type",
                                      help="Projection tensor type: tmac (T-MAC I-types, default) or a stock "
                                           "llama.cpp type, written only where it holds the source's codes exactly."),
     allow_lossy: bool = typer.Option(False, "--allow-lossy",
@@ -297,7 +287,7 @@ def inspect_cmd(
     full: bool = typer.Option(False, "--full", help="Show metadata arrays and long strings in full."),
 ) -> None:
     """Show what FILE holds: tensors, types (T-MAC ids read correctly), tiles, sizes, metadata."""
-    from .describe import describe_file
+    from .inspect_file import describe_file
 
     with _errors():
         d = describe_file(file, full_metadata=full)
@@ -351,7 +341,7 @@ def verify_cmd(
     """Re-check FILE: T-MAC GGUF or npz (structure, kcfg, the layout proof and int8 check per tensor; with
     --source, byte equality) or a stock-type GGUF (structure and decoding; with --source, the weights
     against the source's, re-quantised tensors reported as lossy). Exit 1 on any mismatch."""
-    from .filecheck import verify_file
+    from .verify_file import verify_file
 
     with _errors():
         fopts: dict[str, Any] = {}

@@ -22,20 +22,21 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import TmacError, VerificationError
-from .gguf_tmac import DEFAULT_RUNTIME, get_runtime
+from .format.runtime import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
 from .parallel import cpu_count
 from .pipeline import run_pipeline
 from .source_guard import refuse_source_targets
 from .readers.base import SourceModel, Tensor, TensorInfo
-from .tensor import QuantTensor
+from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
 from .writers.base import WriteContext, get_writer
-from .writers.encodings import TensorPlan, get_encoding
-from .writers.gguf_meta import extra_tensors
-from .writers.plan import plan_model
-
-VERIFY_SEED = 0
+from .format.rules import bits_supported
+from .format.encodings import TensorPlan, get_encoding, projection_encoding
+from .format.encodings.tmac import VERIFY_SEED  # noqa: F401 - the seed verify_file re-checks with
+from .archs import architecture_for
+from .archs.hparams import config_file
+from .writers.plan import plan_model, plan_stock
 
 #: Default ``max_error``: NMSE 0.1 of the weights (10 dB signal to noise).  Round-to-nearest at 3 and 4
 #: bits stays under it (about 0.05 and 0.01 on Gaussian-like weights), like Q4_0/Q4_1 re-quantisation
@@ -270,31 +271,27 @@ def _round_up(x: float) -> float:
     return float(np.ceil(x / e * 1.0001) * e)
 
 
-def _work(t: Tensor, e: TensorPlan, *, verify: bool, act_group_size: int, max_error: float):
-    """Encode one tensor (and verify it); runs in a worker thread.  Returns ``(plan, bytes, proof, lossy
-    NMSE or None)``."""
+def _work(t: Tensor, e: TensorPlan, *, verify: bool, max_error: float
+          ) -> tuple[TensorPlan, np.ndarray, Any, str | None, float | None]:
+    """Encode one tensor and (``verify``) prove the bytes with its encoding's check; runs in a worker thread.
+    Returns the plan entry, the bytes, the check's figures, the tensor's note for the report and, for a
+    re-quantised tensor, its NMSE against the source (raises beyond ``max_error``)."""
     _check_tensor(t, e)
     enc = get_encoding(e.encoding)
+    note = t.meta.get("note") if isinstance(t, QuantTensor) else None
+    span = enc.passthrough(t, e)
+    if span is not None:  # stored exactly as the output stores it: the writer copies it file to file
+        return e, span, None, note, None
     data = enc.encode(t, e)
-    result = None
-    if e.encoding != "tmac" and (verify or getattr(enc, "lossy", False)):
-        result = enc.check(t, data, e)  # a lossy encoding's error is always measured: it is never silent
-    elif verify:
-        from .verify import check, verify_tensor
-
-        k = e.shape[1]
-        ags = k if act_group_size == -1 else act_group_size
-        # one thread per tensor: the pipeline already runs one tensor per worker
-        result = verify_tensor(t, data, bm=e.tiles.bm, kfactor=e.tiles.kfactor, act_group_size=ags,
-                               seed=VERIFY_SEED, threads=1)
-        check(result)
+    # a lossy encoding's error is measured even without verify: a loss is never silent
+    result = enc.check(t, data, e) if verify or getattr(enc, "lossy", False) else None
     lossy = lossy_error(t, result)
     if lossy is not None:
-        what = (f"re-quantising to {_type_label(e)}" if e.encoding != "tmac" else
+        what = (f"re-quantising to {_type_label(e)}" if getattr(enc, "lossy", False) else
                 "re-quantisation by round-to-nearest" if "quant_stats" in getattr(t, "meta", {}) else
                 "re-quantising act-order groups")
         check_lossy(e.name, lossy, max_error, what)
-    return e, data, result, lossy
+    return e, data, result, note, lossy
 
 
 def _figure(result: Any, name: str) -> float | None:
@@ -303,10 +300,8 @@ def _figure(result: Any, name: str) -> float | None:
 
 
 def _type_label(e: TensorPlan) -> str:
-    """``I{bits}`` for T-MAC tensors, the encoding's name (``F16``, ``Q4_0``...) otherwise."""
-    if e.encoding == "tmac":
-        return f"I{e.bits}"
-    return getattr(get_encoding(e.encoding), "type_name", e.encoding.upper())
+    """``I{bits}`` for T-MAC tensors, the encoding's type name (``F16``, ``Q4_0``...) otherwise."""
+    return get_encoding(e.encoding).type_label(e)
 
 
 def convert(source: str | Path, out: str | Path | None = None, *, format: str = "gguf", bits: int | None = None,
@@ -337,7 +332,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         tokenizer_pre: ``tokenizer.ggml.pre`` when the pre-tokenizer cannot be recognised.
         progress: called with a :class:`ProgressUpdate` after each tensor.
         out_type: ``tmac`` (T-MAC ``I`` types), or a stock llama.cpp type for the projections (``q4_0``,
-            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.writers.stock`): the
+            ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.format.encodings.stock`): the
             same GGUF otherwise, without kcfg, tiles or ``tmac.*`` keys.
         allow_lossy: with a stock type, re-quantise tensors whose codes it cannot hold (else refused).
         max_error: the largest NMSE a re-quantised tensor (float source, act-order requantisation, lossy
@@ -355,15 +350,12 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         raise TmacError(f"--max-error must be a number >= 0, got {max_error}", rule="max error >= 0")
     if threads is not None and threads < 1:
         raise TmacError(f"threads must be at least 1, got {threads}", rule="threads >= 1")
-    if bits is not None and bits not in (1, 2, 3, 4):
+    if bits is not None and not bits_supported(bits):
         raise TmacError(f"--bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
     if group_size is not None and group_size < -1:
         raise TmacError(f"--group must be positive (or -1 for a whole row), got {group_size}", rule="group size")
-    stock = out_type != "tmac"
+    stock = not projection_encoding(out_type).quantized  # an unknown type is refused here
     if stock:
-        from .writers.stock import encoding_name, plan_stock
-
-        encoding_name(out_type, lossy=allow_lossy)  # an unknown type is refused here
         if format != "gguf":
             raise TmacError(f"--type {out_type} is a GGUF tensor type; --format {format} holds T-MAC blobs only",
                             rule="stock types are GGUF")
@@ -390,7 +382,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     model: SourceModel = read(source, **opts)
     infos = model.tensor_infos()
     check_requested(infos, bits=bits, group_size=group_size, zero_point=zero_point, file=str(model.path))
-    extras = extra_tensors(model, {i.name for i in infos})
+    extras = (architecture_for(model.config, config_file(model)).extra_tensors({i.name for i in infos})
+              if model.config else [])
     all_infos = infos + [TensorInfo(t.name, tuple(t.data.shape), nbytes=t.data.nbytes) for t in extras]
     if stock:
         plan = plan_stock(all_infos, out_type, allow_lossy=allow_lossy, generated=frozenset(t.name for t in extras))
@@ -426,9 +419,13 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                           needed_bytes=plan.total_nbytes + writer.overhead_bytes() + len(kcfg_text)) as tmp:
         writer.open(tmp[out_path])
         try:
-            work = partial(_work, verify=verify, act_group_size=plan.act_group_size, max_error=max_error)
-            for n, (e, data, result, lossy) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
+            work = partial(_work, verify=verify, max_error=max_error)
+            tensor_notes: list[str] = []
+            for n, (e, data, result, note, lossy) in enumerate(run_pipeline(stream(), plan.entries, work,
+                                                                             threads=nthreads)):
                 writer.write(e, data, result)
+                if note:
+                    tensor_notes.append(note)
                 done_bytes += e.nbytes
                 report.tensors.append(TensorReport(
                     e.name, _type_label(e), tuple(e.shape), e.src_nbytes, e.nbytes,
@@ -447,7 +444,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         writer.check_written(tmp[out_path])
         if kcfg_out is not None:
             tmp[kcfg_out].write_text(kcfg_text)
-    report.notes = list(model.notes) + ctx.notes  # readers may add notes while streaming
+    report.notes = list(model.notes) + tensor_notes + ctx.notes
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -1,6 +1,6 @@
 """``verify`` for GGUF files with stock llama.cpp types (``--type q4_0|q4_1|tq1_0|tq2_0|f16|f32`` outputs).
 
-The same proof as at conversion time (:meth:`tmac_convert.writers.stock.StockEncoding.check`): each
+The same proof as at conversion time (:meth:`tmac_convert.format.encodings.stock.StockEncoding.check`): each
 stored tensor is decoded by ``gguf.quants.dequantize`` and compared with the source's weights.
 
 * Without a source: every tensor's size follows from its type and shape and lies inside the file, and
@@ -20,9 +20,9 @@ import gguf
 import numpy as np
 
 from .errors import TmacError
-from .gguf_tmac import parse, standard_nbytes
-from .readers.base import FloatTensor, TensorInfo
-from .tensor import QuantTensor
+from .format.gguf_file import parse, standard_nbytes
+from .format.tensor import FloatTensor, QuantTensor
+from .readers.base import TensorInfo
 
 #: GGUF ``general.file_type`` -> ``--type`` name.
 _FILE_TYPES = {int(gguf.LlamaFileType.MOSTLY_Q4_0): "q4_0", int(gguf.LlamaFileType.MOSTLY_Q4_1): "q4_1",
@@ -32,8 +32,8 @@ _FILE_TYPES = {int(gguf.LlamaFileType.MOSTLY_Q4_0): "q4_0", int(gguf.LlamaFileTy
 
 def check_stock_file(out: Any, path: Path, source: str | Path | None, reader_options: dict[str, Any],
                      max_error: float) -> None:
-    """Fill ``out`` (a :class:`tmac_convert.filecheck.FileCheck`) for a stock-type GGUF."""
-    from .filecheck import TensorCheck
+    """Fill ``out`` (a :class:`tmac_convert.verify_file.FileCheck`) for a stock-type GGUF."""
+    from .verify_file import TensorCheck
 
     gf = parse(path)
     raw: dict[str, np.ndarray] = {}
@@ -70,15 +70,17 @@ def check_stock_file(out: Any, path: Path, source: str | Path | None, reader_opt
 
 def _compare_source(out: Any, checks: dict, raw: dict[str, np.ndarray], stock: str, source: str | Path,
                     reader_options: dict[str, Any], max_error: float) -> None:
+    from .archs import architecture_for
+    from .archs.hparams import config_file
     from .convert import lossy_error
+    from .format.encodings import get_encoding
     from .readers import read
-    from .writers.encodings import get_encoding
-    from .writers.gguf_meta import extra_tensors
-    from .writers.stock import plan_stock
+    from .writers.plan import plan_stock
 
     src = read(source, **{**reader_options, "quantize": False})
     infos = src.tensor_infos()
-    extras = extra_tensors(src, {i.name for i in infos})
+    extras = (architecture_for(src.config, config_file(src)).extra_tensors({i.name for i in infos})
+              if src.config else [])
     all_infos = infos + [TensorInfo(t.name, tuple(t.data.shape), nbytes=t.data.nbytes) for t in extras]
     plan = {e.name: e for e in plan_stock(all_infos, stock, allow_lossy=True,
                                           generated=frozenset(t.name for t in extras)).entries}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import LayoutError
-from ..tensor import SUPPORTED_BITS
+from ..format.rules import SUPPORTED_BITS, bits_supported
 
 MGROUP = 32  # 2 * simd_n_in: rows paired into one byte (low and high nibble)
 SIMD_N_IN = 16
@@ -46,7 +46,7 @@ def check_layout(m0: int, k: int, bits: int, bm: int, kfactor: int, group_size: 
                           f"{'' if group_size is None else f', group_size={group_size}'}; {fix}",
                           tensor=tensor, rule=rule)
 
-    if bits not in SUPPORTED_BITS:
+    if not bits_supported(bits):
         fail("bits in {1,2,3,4}", f"T-MAC kernels support {SUPPORTED_BITS} bits")
     if m0 <= 0 or k <= 0:
         fail("M0 > 0 and K > 0", "give a non-empty matrix")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LayoutError
+from ..format.rules import scales_size
 from .constraints import check_layout
 from ..parallel import cpu_count, run_ranges
 from ._native import native
@@ -24,11 +25,8 @@ def weight_nbytes(m0: int, k: int, bits: int) -> int:
     return m0 * k * bits // 8
 
 
-def scales_count(m0: int, k: int, group_size: int, zero_point: bool, per_tensor: bool = False) -> int:
-    """Float32 values after the weights: T-MAC's ``scales_size`` (1 for a per-tensor scale)."""
-    if per_tensor:
-        return 1
-    return m0 * (k // group_size) * (2 if zero_point else 1)
+#: Float32 values after the weights: T-MAC's ``scales_size`` (1 for a per-tensor scale).
+scales_count = scales_size
 
 
 def blob_nbytes(m0: int, k: int, bits: int, group_size: int, zero_point: bool, per_tensor: bool = False) -> int:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import LayoutError, TmacError
+from ..format.rules import scales_size
 from .constraints import SIMD_N_IN, SIMD_N_OUT, bm_candidates, check_layout, kfactor_candidates
 
 FIELDS = ("bm", "simd_n_in", "simd_n_out", "kfactor", "group_size", "lut_scales_size", "scales_size", "n_tile_num")
@@ -75,9 +76,9 @@ class KernelConfig:
         """
         ags = k if act_group_size in (-1, None) else act_group_size
         check_layout(m0, k, bits, tiles.bm, tiles.kfactor, None if per_tensor else group_size)
-        scales_size = 1 if per_tensor else m0 * (k // group_size) * (2 if zero_point else 1)
+        size = scales_size(m0, k, group_size, zero_point, per_tensor)
         return cls(m=m0 * bits, k=k, bits=bits, bm=tiles.bm, kfactor=tiles.kfactor, group_size=group_size,
-                   lut_scales_size=k // ags, scales_size=scales_size, n_tile_num=m0 * bits // tiles.bm)
+                   lut_scales_size=k // ags, scales_size=size, n_tile_num=m0 * bits // tiles.bm)
 
     def problems(self, m0: int, k: int, bits: int, *, group_size: int, zero_point: bool,
                  per_tensor: bool) -> list[str]:
@@ -89,7 +90,7 @@ class KernelConfig:
             return out
         if not per_tensor and self.group_size != group_size:
             out.append(f"group_size {self.group_size} in {self.section}, the tensor has {group_size}")
-        want = 1 if per_tensor else m0 * (k // group_size) * (2 if zero_point else 1)
+        want = scales_size(m0, k, group_size, zero_point, per_tensor)
         if self.scales_size != want:
             what = ("a per-tensor scale" if per_tensor else
                     f"group size {group_size} {'with' if zero_point else 'without'} zero points")

@@ -2,7 +2,7 @@
 
 Readers register themselves by subclassing :class:`Reader` with a ``name`` (the same pattern as the
 ``gguf`` package's quant classes), so adding a source format touches one module.  Readers never know
-about layouts: they yield :class:`~tmac_convert.tensor.QuantTensor` (codes, scales, zero offsets) and
+about layouts: they yield :class:`~tmac_convert.format.tensor.QuantTensor` (codes, scales, zero offsets) and
 :class:`FloatTensor` (weights that pass through), in GGUF naming and GGUF row order.
 
 :func:`read` is the entry point: it resolves the source (local folder, file or hub repo id), refuses

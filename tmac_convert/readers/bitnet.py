@@ -1,6 +1,6 @@
 """BitNet b1.58 checkpoints: float (``BitnetForCausalLM``) and packed (transformers' ``bitnet`` method).
 
-Both give ternary 2-bit :class:`~tmac_convert.tensor.QuantTensor`\\ s with T-MAC codes ``t + 2`` in
+Both give ternary 2-bit :class:`~tmac_convert.format.tensor.QuantTensor`\\ s with T-MAC codes ``t + 2`` in
 {1, 2, 3} (implicit zero 2), one per-tensor scale (``scales.shape == (1,)``, ``group_size == K``),
 for the attention q/k/v/o and MLP gate/up/down projections only; every other tensor (norms,
 including BitNet's ``attn_sub_norm`` / ``ffn_sub_norm``, embeddings, an untied ``lm_head``) passes
@@ -42,10 +42,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..tensor import QuantTensor
+from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .hf_common import HFModel, load_json, model_folder, tokenizer_files
-from .naming import gguf_tensor_name, is_projection, permute_qk
+from ..archs.naming import gguf_tensor_name, is_projection, permute_qk
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint
 
 BITNET_ARCHITECTURES = ("BitnetForCausalLM", "BitNetForCausalLM")

@@ -1,4 +1,4 @@
-"""GGUF input: llama.cpp files read with the ``gguf`` package (memory-mapped), tensor by tensor.
+"""GGUF input: llama.cpp files, memory-mapped, tensor by tensor (header: the core's one GGUF parser).
 
 Exact mappings to T-MAC's value convention ``W = (q - 2**(b-1)) * s - z'`` (no re-quantisation):
 
@@ -16,7 +16,7 @@ Exact mappings to T-MAC's value convention ``W = (q - 2**(b-1)) * s - z'`` (no r
 
 Everything else that ``gguf.quants.dequantize`` understands (F32, F16, BF16, Q8_0, Q5_x, the
 K-quants, IQ types...) is dequantised to float32; attention/MLP projections are then re-quantised
-by round-to-nearest (:func:`~tmac_convert.readers.quantize.quantize_rtn`) at the requested
+by round-to-nearest (:func:`~tmac_convert.quantize.quantize_rtn`) at the requested
 ``bits`` / ``group_size`` / ``zero_point`` (defaults as the HF float reader: 4-bit, group 128,
 asymmetric) and the model's ``notes`` say so, with each tensor's error.  Other tensors
 (embeddings, norms, output) pass through as float (F16/F32 as stored, everything else float32).
@@ -26,8 +26,8 @@ GGUF rows are already in llama.cpp order: no q/k permutation is applied.
 Files written by tmac-convert itself (T-MAC ``I1..I4`` types, ``tmac.*`` metadata) are not
 claimed here (:func:`is_tmac_gguf`): the T-MAC reader takes them.
 
-Robustness: before ``GGUFReader`` sees a file, :func:`scan_gguf_header` walks the header with
-the shared bounded parser (:mod:`tmac_convert.gguf_header`: counts, string and array lengths,
+Robustness: :func:`tmac_convert.format.gguf_file.scan` walks the header with
+the shared bounded parser (:mod:`tmac_convert.format.gguf_file`: counts, string and array lengths,
 dimensions, alignment) and checks types and every tensor's data inside the file and not
 overlapping another, so truncated or lying files fail with a
 :class:`TmacError` naming the file, tensor and rule instead of an arbitrary exception or a hang.
@@ -44,23 +44,15 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_header import GGUF_MAGIC, GGUFFile, is_gguf, parse_header
-from ..tensor import QuantTensor
+from ..format.gguf_file import KV, TensorRecord, is_gguf, scan
+from ..format.tensor import FileSpan, QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gguf_blocks import decode_q4_0, decode_q4_1, decode_tq1_0, decode_tq2_0
 from .hf_float import rtn_settings
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 
-__all__ = ["GGUF_MAGIC", "TMAC_KEY_PREFIX", "TMAC_TYPE_IDS", "GGUFTensorRecord", "GGUFHeader", "scan_gguf_header",
-           "is_tmac_gguf", "GGUFSourceReader", "decode_q4_0", "decode_q4_1", "decode_tq2_0", "decode_tq1_0"]
-
-TMAC_KEY_PREFIX = "tmac."
-# GGML type ids T-MAC forks give I1..I4 that the gguf package does not know: 36-38 in the
-# rebased fork (I1=36, I2=37, I3=38; I4=39 collides with upstream MXFP4) and 31-33 in the
-# Aug-2024 fork (I1=31, I3=32, I4=33; I2=30 collides with BF16).  See tmac-format.md section 3.1.
-# Ids 30 and 39 are told apart only by the ``tmac.`` metadata our writer adds.
-TMAC_TYPE_IDS = frozenset({31, 32, 33, 36, 37, 38})
+__all__ = ["is_tmac_gguf", "GGUFSourceReader", "decode_q4_0", "decode_q4_1", "decode_tq2_0", "decode_tq1_0"]
 
 _Q = gguf.GGMLQuantizationType
 _EXACT_TYPES = frozenset({_Q.Q4_0, _Q.Q4_1, _Q.TQ1_0, _Q.TQ2_0})
@@ -70,147 +62,13 @@ _INT_TYPES = frozenset({_Q.I8, _Q.I16, _Q.I32, _Q.I64})
 _VT = gguf.GGUFValueType
 
 
-# ----------------------------------------------------------------------------------------------
-# Header scan: the shared bounded parser (gguf_header) plus the checks a GGUF source needs
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class GGUFTensorRecord:
-    """One tensor info of a GGUF header.  ``dims`` in GGUF order (``ne``: ``[K, M0, ...]``)."""
-
-    name: str
-    type_id: int
-    dims: tuple[int, ...]
-    offset: int  # relative to the data section
-    nbytes: int | None = None  # None for types this scan does not size (T-MAC / unknown)
-
-    @property
-    def np_shape(self) -> tuple[int, ...]:
-        """numpy (row-major) shape: ``dims`` reversed, e.g. ``(M0, K)``."""
-        return tuple(reversed(self.dims))
-
-
-@dataclass
-class GGUFHeader:
-    """What :func:`scan_gguf_header` learnt about a file without trusting it (a view of a :class:`GGUFFile`)."""
-
-    parsed: GGUFFile
-    tensors: list[GGUFTensorRecord]
-
-    @property
-    def path(self) -> Path:
-        return self.parsed.path
-
-    @property
-    def version(self) -> int:
-        return self.parsed.version
-
-    @property
-    def big_endian(self) -> bool:
-        return self.parsed.big_endian
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.parsed.kv)
-
-    @property
-    def alignment(self) -> int:
-        return self.parsed.alignment
-
-    @property
-    def data_start(self) -> int:
-        """Absolute offset of the data section (tensor ``offset`` values count from here)."""
-        return self.parsed.data_offset
-
-    @property
-    def file_size(self) -> int:
-        return self.parsed.file_size
-
-    @property
-    def is_tmac(self) -> bool:
-        """True for a file in T-MAC's format (``tmac.*`` keys or T-MAC-only type ids)."""
-        return (any(k.startswith(TMAC_KEY_PREFIX) for k in self.parsed.kv)
-                or any(t.type_id in TMAC_TYPE_IDS for t in self.tensors))
-
-
-def _type_sizes(type_id: int) -> tuple[int, int] | None:
-    try:
-        return gguf.GGML_QUANT_SIZES[_Q(type_id)]
-    except (ValueError, KeyError):
-        return None
-
-
-def scan_gguf_header(path: str | Path) -> GGUFHeader:
-    """Walk a GGUF header with bounds checks; raise :class:`TmacError` for anything malformed.
-
-    :func:`~tmac_convert.gguf_header.parse_header` checks the structure (magic, version, counts,
-    string and array lengths, value types, alignment, dimensions, aligned offsets, duplicate names);
-    :func:`_check_tensors` adds type ids (known to gguf, or T-MAC's), row lengths a multiple of the
-    type's block, and every tensor's data inside the file and not overlapping another.  T-MAC files
-    are scanned but their tensor sizes are not checked (their size depends on kcfg).
-    """
-    parsed = parse_header(path)
-    header = GGUFHeader(parsed, [GGUFTensorRecord(t.name, t.type_id, t.ne, t.rel_offset) for t in parsed.tensors])
-    _check_tensors(header)
-    return header
-
-
-def _check_tensors(h: GGUFHeader) -> None:
-    """Size each tensor from its type; check types, block multiples, data inside the file and no overlap."""
-    tmac = h.is_tmac
-    spans: list[tuple[int, int, str]] = []
-    for t in h.tensors:
-        nbytes = _tensor_nbytes(h, t, tmac)
-        if nbytes is None:
-            continue  # T-MAC blobs: the T-MAC reader sizes them from kcfg
-        t.nbytes = nbytes
-        _check_inside_file(h, t)
-        spans.append((t.offset, t.offset + nbytes, t.name))
-    _check_no_overlap(h, spans)
-
-
-def _tensor_nbytes(h: GGUFHeader, t: GGUFTensorRecord, tmac: bool) -> int | None:
-    """Bytes of ``t``'s data from its type (None for a T-MAC file's unsized types)."""
-    sizes = _type_sizes(t.type_id)
-    if sizes is None:
-        if tmac:
-            return None
-        raise h.parsed.fail(f"GGML type id {t.type_id} is unknown to the gguf package (and not a T-MAC type)",
-                            "supported GGML type", t.name)
-    block, type_size = sizes
-    if t.dims[0] % block:
-        raise h.parsed.fail(f"row length {t.dims[0]} is not a multiple of the {_Q(t.type_id).name} block size "
-                            f"{block}", "row length % block size == 0", t.name)
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n // block * type_size
-
-
-def _check_inside_file(h: GGUFHeader, t: GGUFTensorRecord) -> None:
-    start = h.data_start + t.offset
-    end = start + (t.nbytes or 0)
-    if end > h.file_size:
-        raise h.parsed.fail(f"data [{start}, {end}) runs past the end of the file ({h.file_size} bytes): truncated",
-                            "tensor data within file", t.name)
-
-
-def _check_no_overlap(h: GGUFHeader, spans: list[tuple[int, int, str]]) -> None:
-    """``spans``: ``(start, end, name)`` relative to the data section, in any order."""
-    spans = sorted(spans)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
-        if b0 < a1:
-            raise h.parsed.fail(f"data overlaps tensor {an} ([{a0}, {a1}) vs [{b0}, ...))",
-                                "non-overlapping tensor data", bn)
-
-
 def is_tmac_gguf(path: str | Path) -> bool:
     """True for a GGUF file in T-MAC's own format (written by tmac-convert or a T-MAC fork).
 
     Malformed files answer False (the GGUF reader then reports what is wrong with them).
     """
     try:
-        return scan_gguf_header(path).is_tmac
+        return scan(path).is_tmac
     except TmacError:
         return False
 
@@ -234,34 +92,39 @@ def _can_dequantize(qtype: gguf.GGMLQuantizationType) -> bool:
     return _DEQUANT_OK[qtype]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _plain_value(kv: KV) -> Any:
+    """A key/value as plain Python (int/float/bool/str/bytes or a list of them); a string array with any
+    element that is not UTF-8 comes back as bytes throughout."""
+    v = kv.value
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, list) and any(isinstance(x, bytes) for x in v):
+        return [x if isinstance(x, bytes) else x.encode("utf-8") for x in v]
+    return v
 
 
-def _field_value(f: Any) -> Any:
-    """A GGUFReader field as a plain python value (int/float/bool/str/bytes or a list of them)."""
-    try:
-        value = f.contents()
-    except UnicodeDecodeError:
-        # not UTF-8: give the raw bytes instead of failing
-        if f.types[0] == _VT.STRING:
-            return bytes(f.parts[-1])
-        return [bytes(f.parts[i]) for i in f.data]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return _plain(value)
+_NP_DTYPES = {_Q.F32: np.float32, _Q.F16: np.float16, _Q.F64: np.float64, _Q.I8: np.int8, _Q.I16: np.int16,
+              _Q.I32: np.int32, _Q.I64: np.int64}
+
+
+def _tensor_data(mm: np.ndarray, rec: TensorRecord, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """A tensor's data as a read-only view of the file map: float/int types in their numpy dtype and shape,
+    block types as uint8 rows ``[..., ne0 / block * type_size]`` (the shape ``gguf.quants`` takes)."""
+    raw = mm[rec.offset:rec.offset + (rec.nbytes or 0)]
+    shape = rec.shape
+    if qtype in _NP_DTYPES:
+        return raw.view(_NP_DTYPES[qtype]).reshape(shape)
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return raw.reshape(*shape[:-1], shape[-1] // block * type_size)
 
 
 @dataclass
 class _Plan:
     """How one tensor is read: ``exact`` (Q4_0/Q4_1/TQ*), ``rtn`` (re-quantised) or ``float``."""
 
-    record: GGUFTensorRecord
+    record: TensorRecord
     qtype: gguf.GGMLQuantizationType
     mode: str
-    index: int  # position in GGUFReader.tensors
 
 
 class GGUFSourceReader(Reader, name="gguf", priority=40):
@@ -289,26 +152,18 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
     def open(self, path: Path) -> SourceModel:
         path = Path(path)
         file = str(path)
-        header = scan_gguf_header(path)
+        header = scan(path)
         if header.is_tmac:
             raise TmacError("this GGUF file is in T-MAC's own format (I1..I4 tensors or tmac.* metadata); "
                             "it is read by the T-MAC reader, not the plain GGUF reader", file=file,
                             rule="plain GGUF input")
         if header.big_endian:
             raise TmacError("big-endian GGUF files are not supported", file=file, rule="little-endian GGUF")
-        try:
-            reader = gguf.GGUFReader(path, "r")
-        except Exception as e:  # noqa: BLE001 - GGUFReader raises anything on a bad file
-            raise TmacError(f"the gguf package cannot parse the file: {type(e).__name__}: {e}", file=file,
-                            rule="valid GGUF") from None
-        by_name = {t.name: i for i, t in enumerate(reader.tensors)}
         metadata: dict[str, Any] = {}
         value_types: dict[str, tuple[int, ...]] = {}
-        for key, f in reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            metadata[key] = _field_value(f)
-            value_types[key] = tuple(int(t) for t in f.types)
+        for key, kv in header.kv.items():
+            metadata[key] = _plain_value(kv)
+            value_types[key] = (kv.vtype,) if kv.sub_type is None else (kv.vtype, kv.sub_type)
         arch = metadata.get("general.architecture")
         if not isinstance(arch, str) or not arch:
             raise TmacError("metadata general.architecture is missing", file=file, rule="general.architecture")
@@ -321,13 +176,10 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         for rec in header.tensors:
             qtype = _Q(rec.type_id)
             counts[qtype.name] += 1
-            if rec.name not in by_name:  # cannot happen after the scan; belt and braces
-                raise TmacError("tensor missing from the gguf package's view", file=file, tensor=rec.name,
-                                rule="valid GGUF")
             if qtype in _INT_TYPES or (qtype not in _PLAIN_FLOAT_TYPES and not _can_dequantize(qtype)):
                 raise TmacError(f"tensor type {qtype.name} cannot be dequantised by the gguf package",
                                 file=file, tensor=rec.name, rule="supported GGML type")
-            proj = is_projection(rec.name) and len(rec.dims) == 2
+            proj = is_projection(rec.name) and len(rec.ne) == 2
             if proj and qtype in _EXACT_TYPES:
                 mode = "exact"
                 exact_types[qtype.name] += 1
@@ -338,12 +190,12 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
                 mode = "float"
                 if qtype not in _PLAIN_FLOAT_TYPES:
                     float_other[qtype.name] += 1
-            plans.append(_Plan(rec, qtype, mode, by_name[rec.name]))
+            plans.append(_Plan(rec, qtype, mode))
 
         bits, gs, zp = self._rtn_params(file) if rtn_types else (0, 0, False)
         for p in plans:
-            if p.mode == "rtn" and gs != -1 and p.record.dims[0] % gs:
-                raise TmacError(f"group size {gs} does not divide K = {p.record.dims[0]}", file=file,
+            if p.mode == "rtn" and gs != -1 and p.record.ne[0] % gs:
+                raise TmacError(f"group size {gs} does not divide K = {p.record.ne[0]}", file=file,
                                 tensor=p.record.name, rule="K % group_size == 0")
 
         notes: list[str] = []
@@ -370,9 +222,10 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         if rtn_types:
             quant.update({"bits": bits, "group_size": gs, "zero_point": zp, "method": "rtn"})
         model = SourceModel(path=path, format="gguf", architecture=arch, gguf_arch=arch, config={},
-                            quantization=quant, tokenizer_files={}, gguf_metadata=metadata, notes=notes,
+                            quantization=quant, tokenizer_files={}, gguf_metadata=metadata,
+                            gguf_kv=list(header.kv.values()), notes=notes,
                             _reader=self)
-        self._state = {"header": header, "reader": reader, "plans": plans, "value_types": value_types,
+        self._state = {"header": header, "path": path, "map": np.memmap(path, dtype=np.uint8, mode="r") if header.file_size else np.zeros(0, np.uint8), "plans": plans, "value_types": value_types,
                        "rtn": (bits, gs, zp)}
         return model
 
@@ -388,7 +241,7 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         infos = []
         for p in self._state["plans"]:
             rec = p.record
-            shape = rec.np_shape
+            shape = rec.shape
             if p.mode == "exact":
                 infos.append(TensorInfo(rec.name, shape, bits=4 if p.qtype in (_Q.Q4_0, _Q.Q4_1) else 2,
                                         group_size=32 if p.qtype in (_Q.Q4_0, _Q.Q4_1) else 256,
@@ -401,18 +254,17 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         return infos
 
     def iter_tensors(self, model: SourceModel) -> Iterator[Tensor]:
-        reader: gguf.GGUFReader = self._state["reader"]
+        mm: np.ndarray = self._state["map"]
         file = str(model.path)
         for p in self._state["plans"]:
-            rt = reader.tensors[p.index]
             try:
-                tensor = self._load(p, rt.data, file)
+                tensor = self._load(p, _tensor_data(mm, p.record, p.qtype), file)
             except TmacError as e:
                 raise _with_file(e, file) from None
             if isinstance(tensor, QuantTensor) and "quant_stats" in tensor.meta:
                 stats = tensor.meta["quant_stats"]
-                model.notes.append(f"{tensor.name}: {p.qtype.name} re-quantised RTN {stats['bits']}-bit, nmse "
-                                   f"{stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
+                tensor.meta["note"] = (f"{tensor.name}: {p.qtype.name} re-quantised RTN {stats['bits']}-bit, nmse "
+                                       f"{stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
             yield tensor
 
     def _load(self, p: _Plan, data: np.ndarray, file: str) -> Tensor:
@@ -420,7 +272,10 @@ class GGUFSourceReader(Reader, name="gguf", priority=40):
         if p.mode == "exact":
             return _exact(name, p.qtype, data, file)
         if p.mode == "float":
-            return FloatTensor(name, _as_float(p.qtype, data), quantizable=is_projection(name))
+            span = None
+            if p.qtype in (_Q.F32, _Q.F16) and p.record.nbytes:
+                span = FileSpan(self._state["path"], p.record.offset, p.record.nbytes, data.dtype.newbyteorder("<").str)
+            return FloatTensor(name, _as_float(p.qtype, data), quantizable=is_projection(name), span=span)
         bits, gs, zp = self._state["rtn"]
         w = _as_float(p.qtype, data)
         qt, stats = quantize_rtn(name, w, bits=bits, group_size=gs, zero_point=zp)

@@ -26,13 +26,14 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..tensor import QuantTensor
+from ..format.rules import SUPPORTED_BITS
+from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint
 
 ACT_ORDER_CHOICES = ("refuse", "requantize")
@@ -212,7 +213,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
                             file=f, tensor=qw.name, rule="qweight rows")
         k = rows * word_bits // b
         implied = qz.shape[1] * word_bits / m0 if m0 else 0
-        if qz.shape[0] == groups and implied != b and implied in (1, 2, 3, 4) and (m0 * b) % word_bits == 0:
+        if qz.shape[0] == groups and implied != b and implied in SUPPORTED_BITS and (m0 * b) % word_bits == 0:
             raise TmacError(f"qzeros {list(qz.shape)} hold {implied:g}-bit zeros for {m0} outputs but the config "
                             f"says bits = {b}", file=str(qz.file), tensor=qz.name, rule="config matches tensors")
         if qz.shape != (groups, m0 * b // word_bits) or (m0 * b) % word_bits:
@@ -307,8 +308,10 @@ class GPTQReader(Reader, name="gptq", priority=10):
         if e.dtype not in FLOAT_DTYPES:
             raise TmacError(f"expected a float tensor, found {e.dtype}", file=str(e.file), tensor=hf_name,
                             rule="float dtype")
-        data = plan.ckpt.get_float(hf_name)
-        data = plan.hf.permute(name, data)
+        if plan.hf.permute_heads(name) is None:
+            data, span = plan.ckpt.get_float_mapped(hf_name)
+            return FloatTensor(name, data, quantizable=is_projection(name), span=span)
+        data = plan.hf.permute(name, plan.ckpt.get_float(hf_name))
         return FloatTensor(name, data, quantizable=is_projection(name))
 
     def _quant(self, model: SourceModel, lay: _Layer) -> QuantTensor:
@@ -345,13 +348,13 @@ class GPTQReader(Reader, name="gptq", priority=10):
         w = (codes.astype(np.float64) - z[gi].T) * s.astype(np.float64)[gi].T  # [M0, K]
         qt, stats = quantize_rtn(lay.name, w, bits=b, group_size=lay.group_size, zero_point=True)
         del w
-        model.notes.append(f"act-order {lay.name}: re-quantised to contiguous groups of {lay.group_size}, "
-                           f"nmse {stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
+        note = (f"act-order {lay.name}: re-quantised to contiguous groups of {lay.group_size}, "
+                f"nmse {stats['nmse']:.3e}, max abs error {stats['max_abs_err']:.3e}")
         codes = plan.hf.permute(lay.name, qt.codes)
         scales = plan.hf.permute(lay.name, qt.scales)
         zeros = plan.hf.permute(lay.name, qt.zeros)
         return QuantTensor(lay.name, codes, scales, zeros, bits=b, group_size=lay.group_size,
-                           meta={"source": lay.prefix, "requantized": stats})
+                           meta={"source": lay.prefix, "requantized": stats, "note": note})
 
 
 def _zero_offsets(stored: np.ndarray, s: np.ndarray, bits: int, fmt: str) -> np.ndarray:

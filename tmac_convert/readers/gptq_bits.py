@@ -24,6 +24,7 @@ from math import lcm
 import numpy as np
 
 from ..errors import TmacError
+from ..format.rules import bits_supported
 
 try:
     if os.environ.get("TMAC_CONVERT_NO_NATIVE"):
@@ -56,7 +57,7 @@ def period(bits: int, word_bits: int) -> tuple[int, int]:
 
 
 def _check_bits(bits: int) -> None:
-    if bits not in (1, 2, 3, 4):
+    if not bits_supported(bits):
         raise TmacError(f"GPTQ bits must be 1, 2, 3 or 4, got {bits}", rule="bits in 1..4")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TmacError
+from ..format.rules import bits_supported
 from .gptq_bits import PACK_DTYPES
 from .hf_common import load_json
 
@@ -118,7 +119,7 @@ def parse_config(q: dict[str, Any], file: str) -> GPTQConfig:
         bits = int(q["bits"])
     except (KeyError, TypeError, ValueError):
         raise TmacError("quantisation config has no integer 'bits'", file=file, rule="bits in 1..4") from None
-    if bits not in (1, 2, 3, 4):
+    if not bits_supported(bits):
         raise TmacError(f"{bits}-bit GPTQ is not supported: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
                         rule="bits in 1..4")
     gs = q.get("group_size", -1)

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ..errors import TmacError
-from . import naming
+from ..archs import Architecture, architecture_for, naming
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")
@@ -77,10 +77,17 @@ class HFModel:
     folder: Path
     config: dict[str, Any]
     architecture: str
-    arch: gguf.MODEL_ARCH
-    gguf_arch: str
+    spec: Architecture  # the registered architecture class (names, permutation, shapes, biases)
     n_layers: int
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def arch(self) -> gguf.MODEL_ARCH:
+        return self.spec.gguf
+
+    @property
+    def gguf_arch(self) -> str:
+        return self.spec.name
 
     @classmethod
     def open(cls, path: Path) -> "HFModel":
@@ -94,13 +101,11 @@ class HFModel:
         archs = cfg.get("architectures") or []
         if not archs or not isinstance(archs, list):
             raise TmacError("config.json has no 'architectures' entry", file=str(cfg_path), rule="architecture")
-        arch, name = naming.gguf_arch(str(archs[0]), file=str(cfg_path))
+        cfg = {**cfg, "architectures": [str(archs[0])] + list(archs[1:])}
         _check_sizes(cfg, str(cfg_path))
-        if name in naming.QK_PERMUTE_ARCHS and cfg.get("num_attention_heads") is None:
-            raise TmacError(f"config.json lacks num_attention_heads, which the {name} q/k row permutation needs",
-                            file=str(cfg_path), rule="config values in range")
+        spec = architecture_for(cfg, str(cfg_path))
         n_layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers") or 0)
-        return cls(folder, cfg, str(archs[0]), arch, name, n_layers)
+        return cls(folder, cfg, str(archs[0]), spec, n_layers)
 
     @property
     def config_path(self) -> str:
@@ -112,40 +117,24 @@ class HFModel:
 
     def gguf_name(self, hf_name: str, file: str | None = None) -> str:
         """llama.cpp name of an HF tensor (``...q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
-        return naming.gguf_tensor_name_or_fail(hf_name, self.arch, self.n_layers, file=file)
+        name = self.spec.tensor_name(hf_name, self.n_layers)
+        if name is None:
+            raise TmacError(f"no llama.cpp name for this tensor in architecture {self.gguf_arch!r}", tensor=hf_name,
+                            file=file, rule="known tensor name")
+        return name
 
     def permute_heads(self, gguf_name: str) -> int | None:
         """Heads to permute rows by (Llama-family q/k), or None."""
-        return naming.qk_permute_heads(gguf_name, self.gguf_arch, self.config)
+        return self.spec.permute_heads(gguf_name)
 
     def permute(self, gguf_name: str, rows: np.ndarray) -> np.ndarray:
         """Apply the q/k permutation to ``rows`` (axis 0) when ``gguf_name`` needs it."""
         n = self.permute_heads(gguf_name)
         return rows if n is None else naming.permute_qk(rows, n)
 
-    def _dims(self) -> dict[str, int] | None:
-        c = self.config
-        try:
-            h = int(c["hidden_size"])
-            nh = int(c["num_attention_heads"])
-            hd = int(c.get("head_dim") or h // nh)
-            kv = int(c.get("num_key_value_heads") or nh)
-            inter = int(c["intermediate_size"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        return {"h": h, "q": nh * hd, "kv": kv * hd, "inter": inter}
-
     def expected_shape(self, gguf_name: str) -> tuple[int, int] | None:
         """``(M0, K)`` the HF config implies for a projection, or None when unknown."""
-        d = self._dims()
-        if d is None:
-            return None
-        parts = gguf_name.split(".")
-        if len(parts) < 3 or parts[0] != "blk":
-            return None
-        return {"attn_q": (d["q"], d["h"]), "attn_k": (d["kv"], d["h"]), "attn_v": (d["kv"], d["h"]),
-                "attn_output": (d["h"], d["q"]), "ffn_gate": (d["inter"], d["h"]),
-                "ffn_up": (d["inter"], d["h"]), "ffn_down": (d["h"], d["inter"])}.get(parts[2])
+        return self.spec.expected_shape(gguf_name)
 
     def check_shape(self, gguf_name: str, m0: int, k: int, *, file: str, tensor: str, hint: str = "") -> None:
         """Raise when a tensor's ``(M0, K)`` contradicts config.json."""
@@ -156,12 +145,4 @@ class HFModel:
 
     def bias_expected(self, gguf_name: str) -> bool:
         """True when the architecture declares this bias (so it is kept even if all zero)."""
-        parts = gguf_name.split(".")
-        role = parts[2] if len(parts) >= 3 else ""
-        if self.gguf_arch in ("qwen2",) and role in ("attn_q", "attn_k", "attn_v"):
-            return True
-        if role.startswith("attn_"):
-            return bool(self.config.get("attention_bias"))
-        if role.startswith("ffn_"):
-            return bool(self.config.get("mlp_bias"))
-        return True
+        return self.spec.bias_expected(gguf_name)

@@ -4,7 +4,7 @@ Only attention and MLP projection matrices (``blk.N.attn_{q,k,v,output}``, ``blk
 are quantised, with :func:`~.quantize.quantize_rtn` at the requested ``bits`` / ``group_size`` /
 ``zero_point``; everything else (embeddings, norms, output head, biases) passes through as a
 :class:`FloatTensor` (F16 stays float16; BF16 and F32 become float32, exactly).  The error each
-quantised tensor picks up is recorded in its ``meta["quant_stats"]`` and in ``model.notes``.
+quantised tensor picks up is recorded in its ``meta["quant_stats"]`` and ``meta["note"]`` (the report's notes).
 
 Options: ``bits`` (1-4, default 4), ``group_size`` (default 128; -1 = per channel),
 ``zero_point`` (default True: asymmetric); ``quantize=False`` passes the projections through as
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import TmacError
-from ..tensor import SUPPORTED_BITS
+from ..format.rules import bits_supported
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
-from .naming import is_projection
-from .quantize import quantize_rtn
+from ..archs.naming import is_projection
+from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint, checkpoint_files
 
 DEFAULTS: dict[str, Any] = {"bits": 4, "group_size": 128, "zero_point": True}
@@ -45,7 +45,7 @@ def rtn_settings(options: Mapping[str, Any], file: str | None = None) -> tuple[i
     except (TypeError, ValueError):
         raise TmacError(f"bits {bits!r} and group_size {gs!r} must be integers", file=file,
                         rule="quantisation options") from None
-    if bits not in SUPPORTED_BITS:
+    if not bits_supported(bits):
         raise TmacError(f"cannot quantise to {bits} bits: T-MAC kernels take 1, 2, 3 or 4 bits", file=file,
                         rule="bits in 1..4")
     if gs == 0 or gs < -1:
@@ -132,6 +132,10 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
         bits, gs, zp = self._settings_
         hf = self._hf
         for name, n, quant in self._items:
+            if not quant and hf.permute_heads(name) is None:
+                data, span = self._ckpt.get_float_mapped(n)
+                yield FloatTensor(name, data, quantizable=is_projection(name), span=span)
+                continue
             data = hf.permute(name, self._ckpt.get_float(n))
             if not quant:
                 yield FloatTensor(name, data, quantizable=is_projection(name))
@@ -142,7 +146,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
                 raise TmacError(str(e).removeprefix(f"tensor {e.tensor}: "), tensor=e.tensor,
                                 file=str(self._ckpt.entry(n).file), rule=e.rule) from None
             del data
-            qt.meta.update({"source": n, "quant_stats": stats})
-            model.notes.append(f"{name}: RTN {bits}-bit nmse {stats['nmse']:.3e}, max abs error "
-                               f"{stats['max_abs_err']:.3e}")
+            qt.meta.update({"source": n, "quant_stats": stats,
+                            "note": f"{name}: RTN {bits}-bit nmse {stats['nmse']:.3e}, max abs error "
+                                    f"{stats['max_abs_err']:.3e}"})
             yield qt

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
+from ..format.tensor import FileSpan
 
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 1024 * 1024
@@ -212,6 +213,22 @@ class SafetensorsCheckpoint:
             raise TmacError(f"tensor data is truncated ({out.size} of {count} values)", file=str(e.file),
                             tensor=name, rule="safetensors format")
         return out.reshape(e.shape)
+
+    def span(self, name: str) -> FileSpan | None:
+        """Where an F16/F32 tensor's bytes lie (stored little-endian, C order: exactly what GGUF stores), else None."""
+        e = self.entry(name)
+        if e.dtype not in ("F16", "F32") or e.nbytes == 0:
+            return None
+        return FileSpan(e.file, e.start, e.nbytes, DTYPES[e.dtype][0].str)
+
+    def get_float_mapped(self, name: str) -> tuple[np.ndarray, FileSpan | None]:
+        """:meth:`get_float`, except that an F16/F32 tensor comes as a memory map of its bytes with its
+        :class:`FileSpan` (nothing is read until something touches it: an unchanged tensor is then copied
+        file to file by the writer)."""
+        span = self.span(name)
+        if span is None:
+            return self.get_float(name), None
+        return span.array(self.entry(name).shape), span
 
     def get_float(self, name: str) -> np.ndarray:
         """Load a float tensor as float16 (F16) or float32 (BF16, F32, F64 narrowed)."""

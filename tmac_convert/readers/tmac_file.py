@@ -26,29 +26,21 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_tmac import RUNTIMES, GGUFFile, Runtime, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.encodings import TensorPlan, encoding_for_type, get_encoding
+from ..format.kv import kv_from_json
+from ..format.tmac_keys import TMAC_KEY_PREFIX, TmacMeta
+from ..format.gguf_file import GGUFFile, TensorRecord, is_gguf, parse, read_bytes, standard_nbytes
+from ..format.rules import zero_point_from_scales_size
+from ..format.runtime import RUNTIMES, Runtime, runtimes_using
 from ..layouts import Kcfg, TileConfig, load_kcfg
 from ..layouts.constraints import check_layout
 from .base import Reader, SourceModel, Tensor, TensorInfo
-from .npz_container import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
+from ..format.npz import (MAX_TOKENIZER_BYTES, TOKENIZER_PREFIX, is_our_npz, member_names, read_manifest,
                             read_member, read_raw_member)
 
-# The T-MAC-only type ids of each numbering (30 and 39 are also stock BF16 / MXFP4: not evidence alone).
-_TMAC_ONLY = {"tmac": frozenset({36, 37, 38}), "aug2024": frozenset({31, 32, 33})}
-
-
-def _plan_types():
-    # imported late: the writers package imports the readers package
-    from ..writers.encodings import TensorPlan, encoding_for_type, get_encoding
-    return TensorPlan, encoding_for_type, get_encoding
-
-
 def looks_tmac(gf: GGUFFile) -> bool:
-    """True for a GGUF with ``tmac.*`` keys or T-MAC-only type ids (36-38, or 31-33 of the 2024 fork)."""
-    if any(k.startswith("tmac.") for k in gf.kv):
-        return True
-    ids = {t.type_id for t in gf.tensors}
-    return any(ids & only for only in _TMAC_ONLY.values())
+    """True for a GGUF with ``tmac.*`` keys or T-MAC-only type ids (see :attr:`GGUFFile.is_tmac`)."""
+    return gf.is_tmac
 
 
 def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
@@ -61,8 +53,7 @@ def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
         if not isinstance(name, str) or name not in RUNTIMES:
             raise gf.fail(f"tmac.runtime {name!r} is not one of {', '.join(RUNTIMES)}", "tmac.runtime")
         return RUNTIMES[name]
-    ids = {t.type_id for t in gf.tensors}
-    hits = [n for n, only in _TMAC_ONLY.items() if ids & only]
+    hits = runtimes_using({t.type_id for t in gf.tensors})
     if len(hits) == 1:
         return RUNTIMES[hits[0]]
     raise gf.fail("cannot tell which T-MAC type-id numbering the file uses; pass runtime=tmac or aug2024",
@@ -73,7 +64,7 @@ def _infer_runtime(gf: GGUFFile, option: str | None) -> Runtime:
 class _GGUFState:
     gf: GGUFFile
     runtime: Runtime
-    plans: list[Any]  # TensorPlan
+    plans: list[TensorPlan]
     records: dict[str, TensorRecord]
 
 
@@ -103,9 +94,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     # -- GGUF ------------------------------------------------------------------------------------
 
     def _open_gguf(self, p: Path) -> SourceModel:
-        from ..writers.gguf_meta import TmacMeta
-
-        TensorPlan, encoding_for_type, get_encoding = _plan_types()
         gf = parse(p)
         file = str(p)
         runtime = _infer_runtime(gf, self.options.get("runtime"))
@@ -127,7 +115,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                               "tensor type", rec.name)
             shape = rec.shape
             if enc == "tmac":
-                plan = self._quant_plan(TensorPlan, rec, runtime, meta, kc, file)
+                plan = self._quant_plan(rec, runtime, meta, kc, file)
             else:
                 plan = TensorPlan(rec.name, enc, shape)
             plan.nbytes = get_encoding(enc).nbytes(plan)
@@ -159,9 +147,12 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         self._state = _GGUFState(gf, runtime, plans, {r.name: r for r in gf.tensors})
         notes = [f"T-MAC GGUF ({runtime.name} type ids)" + ("" if meta else ", tiles from the given kcfg")]
         return SourceModel(path=p, format="tmac-gguf", architecture=arch, gguf_arch=arch, config={},
-                           quantization=q, tokenizer_files={}, gguf_metadata=metadata, notes=notes, _reader=self)
+                           quantization=q, tokenizer_files={}, gguf_metadata=metadata,
+                           gguf_kv=[kv for k, kv in gf.kv.items() if not k.startswith(TMAC_KEY_PREFIX)], notes=notes,
+                           _reader=self)
 
-    def _quant_plan(self, TensorPlan, rec: TensorRecord, runtime: Runtime, meta, kc: Kcfg | None, file: str):
+    def _quant_plan(self, rec: TensorRecord, runtime: Runtime, meta: TmacMeta | None, kc: Kcfg | None,
+                    file: str) -> TensorPlan:
         if len(rec.ne) != 2:
             raise TmacError(f"I-type tensor has {len(rec.ne)} dimensions", tensor=rec.name, file=file,
                             rule="quantised tensors are 2-D")
@@ -183,17 +174,14 @@ class TmacFileReader(Reader, name="tmac", priority=10):
             bm, kf = sec.bm, sec.kfactor
             per_tensor = sec.scales_size == 1
             gs = k if per_tensor else sec.group_size
-            base = m0 * (k // gs) if not per_tensor and gs and k % gs == 0 else -1
-            if per_tensor:
-                zp = False
-            elif sec.scales_size == base:
-                zp = False
-            elif sec.scales_size == 2 * base:
-                zp = True
-            else:
+            found = (False if per_tensor else zero_point_from_scales_size(sec.scales_size, m0, k, gs)
+                     if gs and k % gs == 0 else None)
+            if found is None:
+                base = m0 * (k // gs) if gs and k % gs == 0 else -1
                 raise TmacError(f"kcfg {sec.section} scales_size {sec.scales_size} fits neither {base} (group "
                                 f"{gs}) nor {2 * base} (with zero points)", tensor=rec.name, file=file,
                                 rule="kcfg matches file")
+            zp = found
         if not per_tensor and (gs <= 0 or k % gs):
             raise TmacError(f"group size {gs} does not divide K = {k}", tensor=rec.name, file=file,
                             rule="K % group_size == 0")
@@ -203,7 +191,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
     # -- npz -------------------------------------------------------------------------------------
 
     def _open_npz(self, p: Path) -> SourceModel:
-        TensorPlan, _, get_encoding = _plan_types()
         file = str(p)
         man = read_manifest(p)  # schema-checked
         tm = man["tmac"]
@@ -238,7 +225,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         tok_dir = _extract_tokenizer(p, man.get("tokenizer_files") or [], self)
         gm = man.get("gguf_metadata")
         if gm is not None:
-            from ..writers.gguf_meta import kv_from_json
             try:
                 self._kv = [kv_from_json(d) for d in gm]
             except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -250,17 +236,12 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         return SourceModel(path=p, format="tmac-npz", architecture=man["architecture"], gguf_arch=man["gguf_arch"],
                            config=dict(man.get("config") or {}), quantization=q, tokenizer_files=tok_dir,
                            gguf_metadata=None if gm is None else {kv.key: kv.value for kv in self._kv},
+                           gguf_kv=None if gm is None else list(self._kv),
                            notes=["tmac-convert npz"], _reader=self)
-
-    def gguf_kv(self, model: SourceModel) -> list:
-        """The source's GGUF key/values with their types (minus ``tmac.*``), for writers to carry over."""
-        if model.format == "tmac-gguf":
-            return [kv for k, kv in self._state.gf.kv.items() if not k.startswith("tmac.")]
-        return list(getattr(self, "_kv", []))
 
     # -- tensors ---------------------------------------------------------------------------------
 
-    def plans(self, model: SourceModel) -> list[Any]:
+    def plans(self, model: SourceModel) -> list[TensorPlan]:
         """The file's tensor plans (encoding, shape, tiles...), in file order."""
         if model.format == "tmac-gguf":
             return list(self._state.plans)
@@ -277,7 +258,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
                 out.append(TensorInfo(pl.name, pl.shape, nbytes=pl.nbytes))
         return out
 
-    def raw_bytes(self, model: SourceModel) -> Iterator[tuple[Any, np.ndarray]]:
+    def raw_bytes(self, model: SourceModel) -> Iterator[tuple[TensorPlan, np.ndarray]]:
         """``(plan, stored bytes as uint8)`` for every tensor, in file order (GGUF: memory-mapped)."""
         if model.format == "tmac-gguf":
             st = self._state
@@ -288,7 +269,7 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         for pl, _ in self._npz[1]:
             yield self.raw_for(model, pl.name)
 
-    def raw_for(self, model: SourceModel, name: str) -> tuple[Any, np.ndarray] | None:
+    def raw_for(self, model: SourceModel, name: str) -> tuple[TensorPlan, np.ndarray] | None:
         """``(plan, stored bytes)`` of one tensor by name, or None when the file has no such tensor."""
         if model.format == "tmac-gguf":
             st = self._state
@@ -306,7 +287,6 @@ class TmacFileReader(Reader, name="tmac", priority=10):
         return pl, arr.view(np.uint8)
 
     def iter_tensors(self, model: SourceModel) -> Iterator[Tensor]:
-        _, _, get_encoding = _plan_types()
         for pl, data in self.raw_bytes(model):
             try:
                 yield get_encoding(pl.encoding).decode(data, pl)
@@ -322,7 +302,6 @@ def _is_our_npz(p: Path) -> bool:
 
 def get_encoding_dtype(encoding: str) -> np.dtype:
     """The stored dtype of a float encoding (``<f2``/``<f4``)."""
-    _, _, get_encoding = _plan_types()
     return get_encoding(encoding).dtype
 
 

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import TmacError
-from ..gguf_tmac import Runtime
-from ..readers.base import SourceModel
-from .encodings import TensorPlan
+from ..format.runtime import Runtime
+from ..format.model import SourceModel
+from ..format.encodings import TensorPlan
 from .plan import ModelPlan
 
 
@@ -83,6 +83,13 @@ class OutputWriter:
 
     def check_written(self, path: Path) -> None:
         """Parse the finished file back and compare it with the plan; raise :class:`TmacError` on any difference."""
+
+
+def output_formats() -> list[str]:
+    """The registered output formats (the CLI's ``--format`` choices)."""
+    from . import gguf_writer, npz_writer  # noqa: F401 - register the built-in formats
+
+    return list(OutputWriter.registry)
 
 
 def get_writer(name: str) -> type[OutputWriter]:

@@ -3,7 +3,7 @@
 Contents of a file:
 
 * key/values: ``general.architecture``; for an HF source the hyper-parameters from ``config.json``
-  and the tokenizer (see :mod:`.gguf_meta`); for a GGUF source every key/value of the source, typed as
+  and the tokenizer (see :mod:`.tokenizer`, :mod:`tmac_convert.archs.hparams`); for a GGUF source every key/value of the source, typed as
   there; ``general.file_type`` of the target runtime (38 for T-MAC's pinned fork, 32 for the August
   2024 fork; 1 = mostly F16 when nothing is quantised); the ``tmac.*`` keys with the embedded kcfg.
 * tensor infos: quantised projections as T-MAC ``I{bits}`` with GGUF dims ``[K, M0]`` and the
@@ -27,9 +27,15 @@ import numpy as np
 
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
-from .encodings import TensorPlan, get_encoding
-from ..gguf_tmac import parse as parse_gguf
-from .gguf_meta import CONVERTER, TmacMeta, add_hparams, add_kv, carried_kv, config_file, load_tokenizer
+from ..format.tensor import FileSpan
+from .copy import BackgroundCopies
+from ..format.encodings import TensorPlan, get_encoding, projection_encoding
+from ..format.gguf_file import parse as parse_gguf
+from ..archs import architecture_for
+from ..archs.hparams import config_file
+from ..format.kv import add_kv, carried_kv
+from ..format.tmac_keys import CONVERTER, TmacMeta
+from .tokenizer import load_tokenizer
 
 logging.getLogger("gguf").setLevel(logging.ERROR)
 
@@ -50,6 +56,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         super().__init__(ctx)
         self.w: gguf.GGUFWriter | None = None
         self._next = 0
+        self.copies = BackgroundCopies()
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -64,7 +71,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             have.add(kv.key)
         if not carried:
             if model.config:
-                add_hparams(w, model.config, model.gguf_arch, ctx.notes, config_file(model))
+                architecture_for(model.config, config_file(model)).add_hparams(w, ctx.notes)
             w.add_type("model")
             w.add_name(_model_name(model))
             load_tokenizer(model, pre_override=ctx.tokenizer_pre, notes=ctx.notes).add_to(w)
@@ -74,11 +81,10 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if gguf.Keys.General.QUANTIZATION_VERSION not in have:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if ctx.plan.stock:  # a stock llama.cpp file: its block type, and no tmac.* keys
-            from .stock import FILE_TYPES
-
-            w.add_file_type(int(FILE_TYPES[ctx.plan.stock]))
+            w.add_file_type(projection_encoding(ctx.plan.stock)().file_type(ctx.runtime))
         else:
-            w.add_file_type(ctx.runtime.file_type if ctx.plan.bits else int(gguf.LlamaFileType.MOSTLY_F16))
+            w.add_file_type(projection_encoding("tmac")().file_type(ctx.runtime) if ctx.plan.bits
+                            else int(gguf.LlamaFileType.MOSTLY_F16))
             tmac_meta(ctx).add_to(w)
         dummy = np.dtype(np.float32)  # anything but uint8 keeps the logical shape as given
         for e in ctx.plan.entries:
@@ -112,7 +118,10 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if data.nbytes != entry.nbytes:
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
-        _write_tensor_data(self.w, np.ascontiguousarray(data))
+        if isinstance(data, FileSpan):
+            _copy_tensor_data(self.w, data, entry.name, self.copies)
+        else:
+            _write_tensor_data(self.w, np.ascontiguousarray(data))
         self._next += 1
 
     def close(self) -> None:
@@ -121,9 +130,11 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             missing = self.ctx.plan.entries[self._next].name
             raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
                             tensor=missing, rule="every planned tensor written")
+        self.copies.wait()
         self.w.close()
 
     def abort(self) -> None:
+        self.copies.cancel()
         if self.w is not None:
             self.w.close()
 
@@ -181,3 +192,24 @@ def _write_tensor_data(w: gguf.GGUFWriter, data: np.ndarray) -> None:
     w.write_padding(fout, data.nbytes)
     w.state = gguf.gguf_writer.WriterState.WEIGHTS
 
+
+def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str, copies: BackgroundCopies) -> None:
+    """Like :func:`_write_tensor_data`, but the bytes go from the source file to the output file directly, on
+    a background thread (:class:`~tmac_convert.writers.copy.BackgroundCopies`): the writer's position moves
+    past the reserved bytes at once and the next tensors are written while the copy runs."""
+    fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
+    if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
+        _write_tensor_data(w, np.ascontiguousarray(span.array((span.nbytes // np.dtype(span.dtype).itemsize,))))
+        return
+    fout = fouts[0]
+    info = tensors[0].pop(next(iter(tensors[0])))
+    if info.nbytes != span.nbytes:
+        raise TmacError(f"{span.nbytes} bytes for a tensor planned at {info.nbytes}", tensor=name,
+                        rule="tensor size matches plan")
+    w.write_padding(fout, fout.tell())
+    fout.flush()
+    pos = fout.tell()
+    copies.start(span, fout.fileno(), pos, tensor=name)
+    fout.seek(pos + span.nbytes)
+    w.write_padding(fout, span.nbytes)
+    w.state = gguf.gguf_writer.WriterState.WEIGHTS

@@ -25,10 +25,12 @@ import numpy as np
 from ..errors import TmacError
 from ..layouts import scales_count
 from .base import OutputWriter, WriteContext
-from .encodings import TensorPlan
-from .gguf_meta import CONVERTER, TMAC_FORMAT_VERSION, carried_kv, kv_to_json
+from ..format.encodings import TensorPlan
+from ..format.tensor import FileSpan
+from ..format.kv import carried_kv, kv_to_json
+from ..format.tmac_keys import CONVERTER, TMAC_FORMAT_VERSION
 
-from ..readers.npz_container import (FIXED_DATE_TIME, FIXED_EXTERNAL_ATTR, MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION,
+from ..format.npz import (FIXED_DATE_TIME, FIXED_EXTERNAL_ATTR, MANIFEST, NPZ_FORMAT, NPZ_FORMAT_VERSION,
                                       TOKENIZER_PREFIX, member_name)
 
 __all__ = ["NpzOutput", "describe", "member_name"]
@@ -68,6 +70,8 @@ class NpzOutput(OutputWriter, name="npz", suffix=".npz"):
         if data.nbytes != entry.nbytes:
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
+        if isinstance(data, FileSpan):  # an unchanged source tensor: a memory map of its bytes
+            data = data.array(tuple(entry.shape))
         arr = data.reshape(-1) if entry.quantized else data.reshape(entry.shape)
         with self.zf.open(_info(member_name(entry.name)), "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)

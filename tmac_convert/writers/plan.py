@@ -1,6 +1,7 @@
 """The output plan: every tensor's encoding, tiles and byte size, decided (and checked) before writing.
 
-A given kcfg (a file or a preset) is checked here against every quantised tensor; all problems are
+:func:`plan_model` plans a T-MAC file, :func:`plan_stock` a stock llama.cpp one (the projections'
+encoding from the registry, refused where its exactness rule says so).  A given kcfg (a file or a preset) is checked here against every quantised tensor; all problems are
 collected and reported together, grouped by shape, before any output byte exists.  Without a kcfg
 the tiles come from :func:`tmac_convert.layouts.default_tiles` and a kcfg is generated from them.
 """
@@ -13,8 +14,9 @@ from ..errors import LayoutError, TmacError
 from ..layouts import Kcfg, KernelConfig, TileConfig, default_tiles
 from ..layouts.constraints import check_act_group
 from ..layouts.kcfg import DEFAULT_ACT_GROUP
-from ..readers.base import TensorInfo
-from .encodings import TensorPlan, get_encoding
+from ..format.tensor import TensorInfo
+from ..archs.naming import is_projection
+from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 
 
 @dataclass
@@ -39,7 +41,7 @@ class ModelPlan:
     group_size: int = 0
     zero_point: bool = False
     one_scale: bool = False
-    stock: str | None = None  # a stock llama.cpp type (writers.stock): no I-types, no kcfg, no tmac.* keys
+    stock: str | None = None  # a stock llama.cpp --type: no I-types, no kcfg, no tmac.* keys
     _by_name: dict[str, TensorPlan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,7 +178,8 @@ def plan_model(infos: list[TensorInfo], *, kcfg: Kcfg | None = None, act_group_s
             e = TensorPlan(info.name, "tmac", (m0, k), src_nbytes=info.nbytes, bits=info.bits,
                            group_size=k if info.per_tensor_scale else (info.group_size or k),
                            zero_point=info.zero_point, per_tensor_scale=info.per_tensor_scale,
-                           tiles=tiles[_shape_key(info)], generated=info.name in generated)
+                           tiles=tiles[_shape_key(info)], generated=info.name in generated,
+                           act_group_size=act_group_size)
         else:
             e = TensorPlan(info.name, float_encoding_for(info), tuple(info.shape), src_nbytes=info.nbytes,
                            generated=info.name in generated)
@@ -247,3 +250,50 @@ def _check_uniform(quant: list[TensorInfo]) -> None:
                 raise TmacError(f"one group per row (K = {i.shape[1]}) differs from group size {real[0]} of the "
                                 "other tensors: T-MAC kernels are built for one group size per model",
                                 tensor=i.name, rule="uniform quantisation")
+
+
+def plan_stock(infos: list[TensorInfo], stock: str, *, allow_lossy: bool = False,
+               generated: frozenset[str] = frozenset()) -> ModelPlan:
+    """Plan a GGUF whose quantised projections (and, for float sources, projection matrices) are of
+    the stock type ``stock``; everything else is F16 (2-D and up) or F32 (vectors) as in the T-MAC plan.
+
+    Raises:
+        TmacError: listing every tensor that cannot be written (rule ``block size divides K``) or, without
+            ``allow_lossy``, every tensor that would be re-quantised (rule ``exact stock type``).
+    """
+    cls = projection_encoding(stock, lossy=allow_lossy)
+    if cls.quantized:
+        raise TmacError(f"--type {stock} is not a stock llama.cpp type", rule="output type")
+    entries, cannot, lossy = [], [], []
+    for info in infos:
+        target = info.bits is not None or (is_projection(info.name) and len(info.shape) == 2)
+        enc = float_encoding_for(info)
+        if target:
+            c, l = cls.plan_problem(info)
+            if c:
+                cannot.append(f"{info.name}: {c}")
+            if l:
+                lossy.append(f"{info.name}: {l}")
+            # a float projection written as a float type is the plain float encoding
+            enc = stock if stock in ("f16", "f32") and info.bits is None else cls.name
+        e = TensorPlan(info.name, enc, tuple(info.shape), src_nbytes=info.nbytes, generated=info.name in generated)
+        entries.append(e)
+    if cannot:
+        raise TmacError(f"{len(cannot)} tensor(s) cannot be written as {stock.upper()}: " + _listing(cannot),
+                        rule="block size divides K")
+    if lossy and not allow_lossy:
+        raise TmacError(f"{stock.upper()} cannot hold {len(lossy)} tensor(s) exactly ({_listing(lossy)}); "
+                        "--allow-lossy re-quantises them and reports each tensor's error",
+                        rule="exact stock type")
+    for e in entries:
+        e.nbytes = get_encoding(e.encoding).nbytes(e)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise TmacError("the source yields this tensor twice", tensor=dup, rule="unique tensor names")
+    return ModelPlan(entries, Kcfg([]), stock=stock)
+
+
+def _listing(items: list[str], limit: int = 4) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")

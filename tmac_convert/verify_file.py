@@ -7,7 +7,7 @@ Checks, collecting every failure instead of stopping at the first:
 2. the embedded kcfg (and the ``<stem>.kcfg.ini`` beside the file, when present) agrees with every
    quantised tensor's shape, bits, group size, zero points and tiles;
 3. each quantised blob unpacks and packs back to the same bytes, and the kernel-level check
-   (:func:`tmac_convert.verify.verify_tensor`) passes on it;
+   (:func:`tmac_convert.proof.verify_tensor`) passes on it;
 4. with a source: every source tensor is present and its stored bytes equal
    ``tmac_convert.pack`` (or the float encoding) of the source tensor, and nothing else is stored
    except tensors the converter generates.
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 
 from .convert import VERIFY_SEED, kcfg_path_for
-from .describe import kcfg_problems
+from .inspect_file import kcfg_problems
 from .errors import TmacError
-from .gguf_tmac import is_gguf, parse
+from .format.gguf_file import is_gguf, parse
 from .layouts import pack
 from .readers.base import FloatTensor
 from .readers.tmac_file import TmacFileReader, looks_tmac
-from .tensor import QuantTensor
-from .writers.encodings import get_encoding
+from .format.tensor import QuantTensor
+from .format.encodings import get_encoding
 
 GENERATED = frozenset({"rope_freqs.weight"})
 
@@ -137,7 +137,7 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
         if not np.array_equal(again, np.asarray(data)):
             c.problems.append("unpack then pack does not give back the stored bytes")
         if verify:
-            from .verify import verify_tensor
+            from .proof import verify_tensor
 
             k = pl.shape[1]
             r = verify_tensor(qt, np.asarray(data), bm=pl.tiles.bm, kfactor=pl.tiles.kfactor,

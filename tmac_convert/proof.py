@@ -64,7 +64,7 @@ import numpy as np
 from . import kernels
 from .errors import VerificationError
 from .kernels import _native
-from .tensor import QuantTensor
+from .format.tensor import QuantTensor
 
 #: The kernel's squared int8 error may exceed the error its tables' rounding explains
 #: (:func:`explained_int8_error`) by this factor.  The two differ only by float32 rounding inside the

@@ -1,6 +1,6 @@
 """The converter's per-tensor proof: kernel on the blob vs float64 math on the source's own weights.
 
-Two judgements (see :mod:`tmac_convert.verify`): the layout proof with exact (float) tables, judged
+Two judgements (see :mod:`tmac_convert.proof`): the layout proof with exact (float) tables, judged
 against the float32 rounding bound; and the int8 tables' error, judged against what their rounding
 explains.  No correct blob may fail either; a layout error must fail the first on every bit width."""
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tmac_convert as tc
-from tmac_convert import verify
+from tmac_convert import proof as verify
 from tmac_convert.errors import LayoutError, VerificationError
 from tmac_convert.kernels import _native, reference
 

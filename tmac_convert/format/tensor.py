@@ -1,14 +1,20 @@
-"""The intermediate form every reader yields and every layout consumes."""
+"""The intermediate form every reader yields and every layout consumes.
+
+* :class:`QuantTensor`: codes, scales and zero offsets of a quantised matrix (T-MAC's value convention);
+* :class:`FloatTensor`: a tensor that passes through unquantised;
+* :class:`TensorInfo`: what is known of a tensor before it is loaded.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 
-from .errors import TmacError
-
-SUPPORTED_BITS = (1, 2, 3, 4)
+from ..errors import TmacError
+from .rules import SUPPORTED_BITS, bits_supported
 
 
 @dataclass
@@ -55,7 +61,7 @@ class QuantTensor:
 
     def validate(self) -> None:
         """Check every invariant of the intermediate form; raise :class:`TmacError` naming the tensor."""
-        if self.bits not in SUPPORTED_BITS:
+        if not bits_supported(self.bits):
             self._fail(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}", "bits")
         codes = self.codes
         if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:
@@ -108,3 +114,58 @@ class QuantTensor:
             if self.zeros is not None:
                 w -= np.repeat(self.zeros.astype(np.float64), self.group_size, axis=1)
         return w.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """A tensor's bytes stored verbatim in a file: ``nbytes`` bytes at ``offset`` of ``path``, C order, numpy
+    dtype ``dtype`` (``"<f2"``, ``"<f4"``).  A writer can copy them file to file without reading them."""
+
+    path: Path
+    offset: int
+    nbytes: int
+    dtype: str
+
+    def array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The bytes as a read-only memory map of ``shape`` (pages are read only when touched)."""
+        count = self.nbytes // np.dtype(self.dtype).itemsize
+        if count == 0:
+            return np.zeros(shape, self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(count,)).reshape(shape)
+
+
+@dataclass
+class FloatTensor:
+    """A tensor that passes through unquantised.
+
+    Attributes:
+        name: GGUF tensor name (e.g. ``token_embd.weight``, ``blk.0.attn_norm.weight``).
+        data: float16 or float32 array in numpy (row-major, HF) shape, already in GGUF row order.
+        quantizable: True for an attention/MLP projection that a float source may quantise.
+        span: where ``data``'s exact bytes lie in the source file, when they are stored there verbatim
+            (then ``data`` is a memory map of them and an unchanged tensor is copied file to file).
+    """
+
+    name: str
+    data: np.ndarray
+    quantizable: bool = False
+    span: FileSpan | None = None
+
+
+Tensor = Union[QuantTensor, FloatTensor]
+
+
+@dataclass
+class TensorInfo:
+    """What a reader knows about a tensor before loading it (for planning, progress and kcfg checks).
+
+    ``shape`` is ``(M0, K)`` for quantised tensors, the numpy shape otherwise; ``bits`` is None for float.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int | None = None
+    group_size: int | None = None
+    zero_point: bool = False
+    per_tensor_scale: bool = False
+    nbytes: int = 0  # bytes the source stores for it

@@ -3,7 +3,7 @@
 Used for float checkpoints (HF safetensors, GGUF F16/BF16/F32 and other GGUF types that need
 re-quantising) and for re-quantising act-order GPTQ checkpoints to contiguous groups.
 
-Convention (see :class:`~tmac_convert.tensor.QuantTensor`): codes ``q`` in ``[0, 2**b)``, implicit
+Convention (see :class:`~tmac_convert.format.tensor.QuantTensor`): codes ``q`` in ``[0, 2**b)``, implicit
 zero ``2**(b-1)``, ``W ~= (q - 2**(b-1)) * s - z'``.
 
 * Symmetric (``zero_point=False``), GPTQ's symmetric rule: ``s = 2*max|w| / (2**b - 1)``,
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TmacError
-from ..tensor import SUPPORTED_BITS, QuantTensor
+from .errors import TmacError
+from .format.rules import SUPPORTED_BITS, bits_supported
+from .format.tensor import QuantTensor
 
 _CHUNK_ELEMS = 1 << 19  # rows are processed in blocks of about this many weights (bounded memory)
 
@@ -81,7 +82,7 @@ def quantize_rtn(name: str, w: np.ndarray, *, bits: int, group_size: int, zero_p
         "zero_point"}`` measured between ``w`` and the dequantised result in float64
         (``nmse = sum((w - w_q)^2) / sum(w^2)``, 0 for an all-zero ``w``).
     """
-    if bits not in SUPPORTED_BITS:
+    if not bits_supported(bits):
         raise TmacError(f"cannot quantise to {bits} bits; supported: {SUPPORTED_BITS}", tensor=name,
                         rule="bits in 1..4")
     w = np.asarray(w)

@@ -31,10 +31,11 @@ that quantiser is itself exact (always for TQ types; for Q4_0 when a block's lar
 weight is its negative extreme), and the output is never less exact than the codes allow.
 
 **Lossy requests** (asymmetric -> ``q4_0``, 3-bit -> ``tq2_0``, float weights -> any block type...)
-are refused by :func:`plan_stock` unless ``allow_lossy``; then those tensors are re-quantised by
-``gguf.quants.quantize`` (llama.cpp's reference quantiser) and the error is reported per tensor.
-Their encodings are registered as ``<type>:lossy`` (``q4_0:lossy``...): the plan says which
-tensors may lose precision.
+are refused at planning (each class's :meth:`~StockEncoding.plan_problem`) unless ``allow_lossy``;
+then those tensors are re-quantised by ``gguf.quants.quantize`` (llama.cpp's reference quantiser)
+and the error is reported per tensor.  Each exact block type gets a ``<type>:lossy`` twin
+(``q4_0:lossy``...), generated when the class registers: the plan says which tensors may lose
+precision.
 
 Every written tensor is checked by :meth:`StockEncoding.check`, which decodes the bytes with
 ``gguf.quants.dequantize`` (not with this module) and compares them with the source's float64
@@ -45,34 +46,22 @@ weights; an exact encoding whose error exceeds the float16-rounding bound raises
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import gguf
 import numpy as np
 
-from ..errors import TmacError, VerificationError
-from ..readers.base import FloatTensor, Tensor, TensorInfo
-from ..readers.naming import is_projection
-from ..tensor import QuantTensor
-from .encodings import Encoding, TensorPlan, _FloatEncoding
+from ...errors import TmacError, VerificationError
+from ..tensor import FloatTensor, QuantTensor, Tensor, TensorInfo
+from .base import Encoding, TensorPlan, _FloatEncoding
 
 if TYPE_CHECKING:
-    from ..gguf_tmac import Runtime
-    from .plan import ModelPlan
+    from ..runtime import Runtime
 
 _Q = gguf.GGMLQuantizationType
 F16_EPS = 2.0 ** -11        # half an ulp of float16, relative
 F16_TINY = 2.0 ** -25       # half the spacing of float16 subnormals (absolute)
 F32_EPS = 2.0 ** -24
-
-#: ``--type`` values: the stock type of the quantised projections.
-STOCK_TYPES = ("q4_0", "q4_1", "tq1_0", "tq2_0", "f16", "f32")
-
-#: ``general.file_type`` of a file whose projections are of each stock type.
-FILE_TYPES = {"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
-              "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
-              "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}
-
 
 @dataclass
 class StockCheck:
@@ -152,8 +141,41 @@ class StockEncoding(Encoding):
 
     quantized = False  # planned without bits/tiles: no T-MAC kernel check, no kcfg section
     qtype: ClassVar[gguf.GGMLQuantizationType]
-    stock: ClassVar[str]
-    lossy: ClassVar[bool] = False
+    ftype: ClassVar[gguf.LlamaFileType]  # general.file_type of a file whose projections are of this type
+
+    def __init_subclass__(cls, name: str = "", out_type: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(name=name, out_type=out_type, **kw)
+        if name and not cls.lossy:
+            # the twin that may re-quantise (planned only with allow_lossy)
+            type(f"{cls.__name__}Lossy", (cls,), {"lossy": True, "__doc__": f"{cls.__doc__} (lossy twin)",
+                                                   "__module__": cls.__module__},
+                 name=f"{name}:lossy", out_type=out_type)
+
+    def file_type(self, runtime: "Runtime") -> int:
+        return int(self.ftype)
+
+    def type_label(self, plan: TensorPlan) -> str:
+        return self.type_name
+
+    @classmethod
+    def plan_problem(cls, info: TensorInfo) -> tuple[str | None, str | None]:
+        block = gguf.GGML_QUANT_SIZES[cls.qtype][0]
+        k = info.shape[-1]
+        if len(info.shape) != 2 or k % block:
+            return f"K = {k} is not a multiple of the {cls.qtype.name} block of {block} weights", None
+        if info.bits is None:
+            return None, "float weights would be quantised"
+        if info.bits > 4:
+            return None, f"{info.bits}-bit codes"
+        gs = k if info.per_tensor_scale else (info.group_size or k)
+        if gs % block:
+            return None, f"group size {gs} is not a multiple of the {block}-weight block"
+        return None, cls._plan_codes_problem(info)
+
+    @classmethod
+    def _plan_codes_problem(cls, info: TensorInfo) -> str | None:
+        """What this type's blocks cannot hold of ``info``'s codes (zero points, more than ternary...)."""
+        return None
 
     @property
     def type_name(self) -> str:
@@ -317,11 +339,15 @@ class _Q4(StockEncoding):
         return np.concatenate(parts, axis=-1).reshape(m0, -1)
 
 
-class Q4_0Encoding(_Q4, name="q4_0"):
+class Q4_0Encoding(_Q4, name="q4_0", out_type="q4_0"):
     """``Q4_0``: 32 weights, float16 ``d``, ``W = (q - 8) * d``."""
 
     qtype = _Q.Q4_0
-    stock = "q4_0"
+    ftype = gguf.LlamaFileType.MOSTLY_Q4_0
+
+    @classmethod
+    def _plan_codes_problem(cls, info: TensorInfo) -> str | None:
+        return "zero points (asymmetric) do not fit Q4_0's symmetric blocks" if info.zero_point else None
 
     def exact_problem(self, t: QuantTensor) -> str | None:
         if t.zeros is not None and np.any(t.zeros != 0):
@@ -337,11 +363,11 @@ class Q4_0Encoding(_Q4, name="q4_0"):
         return _scale_bound(t)
 
 
-class Q4_1Encoding(_Q4, name="q4_1"):
+class Q4_1Encoding(_Q4, name="q4_1", out_type="q4_1"):
     """``Q4_1``: 32 weights, float16 ``d`` and ``m``, ``W = q * d + m``."""
 
     qtype = _Q.Q4_1
-    stock = "q4_1"
+    ftype = gguf.LlamaFileType.MOSTLY_Q4_1
 
     def _min(self, t: QuantTensor) -> np.ndarray:
         d, z = self._constants(t)
@@ -374,6 +400,14 @@ class _TQ(StockEncoding):
             return f"not ternary: code {int(t.codes[r, c])} of {t.bits}-bit weights at row {r}, column {c}"
         return None
 
+    @classmethod
+    def _plan_codes_problem(cls, info: TensorInfo) -> str | None:
+        if info.zero_point:
+            return "zero points do not fit ternary blocks"
+        if info.bits > 2:
+            return f"{info.bits}-bit codes are not ternary"
+        return None
+
     def code_blocks(self, t: QuantTensor, theirs: np.ndarray) -> np.ndarray:
         # gguf's block of ternary weights: d = max|W| = s (0 for an all-zero block, which decodes to 0
         # either way) and t = round(W/d) + 1, i.e. the codes themselves; check() proves they survived.
@@ -383,47 +417,31 @@ class _TQ(StockEncoding):
         return _scale_bound(t)
 
 
-class TQ2_0Encoding(_TQ, name="tq2_0"):
-    """``TQ2_0``: ternary, 2 bits per weight."""
-
-    qtype = _Q.TQ2_0
-    stock = "tq2_0"
-
-
-class TQ1_0Encoding(_TQ, name="tq1_0"):
+class TQ1_0Encoding(_TQ, name="tq1_0", out_type="tq1_0"):
     """``TQ1_0``: ternary, base-3 packed (1.6875 bits per weight)."""
 
     qtype = _Q.TQ1_0
-    stock = "tq1_0"
+    ftype = gguf.LlamaFileType.MOSTLY_TQ1_0
 
 
-# The ``:lossy`` variants (planned only with ``allow_lossy``) keep the codes where they can and re-quantise
-# with gguf where they cannot; check() reports their error instead of bounding it.
+class TQ2_0Encoding(_TQ, name="tq2_0", out_type="tq2_0"):
+    """``TQ2_0``: ternary, 2 bits per weight."""
 
-class Q4_0Lossy(Q4_0Encoding, name="q4_0:lossy"):
-    lossy = True
-
-
-class Q4_1Lossy(Q4_1Encoding, name="q4_1:lossy"):
-    lossy = True
-
-
-class TQ2_0Lossy(TQ2_0Encoding, name="tq2_0:lossy"):
-    lossy = True
-
-
-class TQ1_0Lossy(TQ1_0Encoding, name="tq1_0:lossy"):
-    lossy = True
+    qtype = _Q.TQ2_0
+    ftype = gguf.LlamaFileType.MOSTLY_TQ2_0
 
 
 class _Dequant(_FloatEncoding):
     """A quantised tensor written as its dequantised float weights (float tensors pass as usual)."""
 
-    stock: ClassVar[str]
+    ftype: ClassVar[gguf.LlamaFileType]
 
     @property
     def type_name(self) -> str:
         return self.ggml.name
+
+    def file_type(self, runtime: "Runtime") -> int:
+        return int(self.ftype)
 
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
         if not isinstance(tensor, QuantTensor):
@@ -444,112 +462,17 @@ class _Dequant(_FloatEncoding):
         return _check(lambda rows: got[rows], tensor, plan, self.type_name, eps * top + F16_TINY)
 
 
-class DequantF16Encoding(_Dequant, name="f16:dequant"):
+class DequantF16Encoding(_Dequant, name="f16:dequant", out_type="f16"):
     """Dequantised weights in float16 (each weight rounded once)."""
 
     dtype = np.dtype("<f2")
     ggml = _Q.F16
-    stock = "f16"
+    ftype = gguf.LlamaFileType.MOSTLY_F16
 
 
-class DequantF32Encoding(_Dequant, name="f32:dequant"):
+class DequantF32Encoding(_Dequant, name="f32:dequant", out_type="f32"):
     """Dequantised weights in float32."""
 
     dtype = np.dtype("<f4")
     ggml = _Q.F32
-    stock = "f32"
-
-
-def encoding_name(stock: str, *, lossy: bool) -> str:
-    """The registered encoding of the projections for ``--type stock``."""
-    if stock not in STOCK_TYPES:
-        raise TmacError(f"unknown --type {stock!r}; stock types: {', '.join(STOCK_TYPES)} (or tmac)",
-                        rule="output type")
-    if stock in ("f16", "f32"):
-        return f"{stock}:dequant"
-    return f"{stock}:lossy" if lossy else stock
-
-
-# ---------------------------------------------------------------------------------------------
-# planning
-
-
-def plan_problem(info: TensorInfo, stock: str) -> tuple[str | None, str | None]:
-    """``(cannot, lossy)`` for writing the tensor described by ``info`` as ``stock``.
-
-    ``cannot``: why it cannot be written at all (a block that does not divide K); ``lossy``: why its
-    codes cannot be carried over (it would be re-quantised).  Data-dependent reasons (a code outside
-    {-1, 0, 1} for ternary types) are found while encoding.
-    """
-    if stock in ("f16", "f32"):
-        return None, None
-    block = gguf.GGML_QUANT_SIZES[_Q[stock.upper()]][0]
-    k = info.shape[-1]
-    if len(info.shape) != 2 or k % block:
-        return f"K = {k} is not a multiple of the {stock.upper()} block of {block} weights", None
-    if info.bits is None:
-        return None, "float weights would be quantised"
-    gs = k if info.per_tensor_scale else (info.group_size or k)
-    if info.bits > 4:
-        return None, f"{info.bits}-bit codes"
-    if gs % block:
-        return None, f"group size {gs} is not a multiple of the {block}-weight block"
-    if stock == "q4_0" and info.zero_point:
-        return None, "zero points (asymmetric) do not fit Q4_0's symmetric blocks"
-    if stock.startswith("tq"):
-        if info.zero_point:
-            return None, "zero points do not fit ternary blocks"
-        if info.bits > 2:
-            return None, f"{info.bits}-bit codes are not ternary"
-    return None, None
-
-
-def plan_stock(infos: list[TensorInfo], stock: str, *, allow_lossy: bool = False,
-               generated: frozenset[str] = frozenset()) -> "ModelPlan":
-    """Plan a GGUF whose quantised projections (and, for float sources, projection matrices) are of
-    the stock type ``stock``; everything else is F16 (2-D and up) or F32 (vectors) as in the T-MAC plan.
-
-    Raises:
-        TmacError: listing every tensor that cannot be written (rule ``block size divides K``) or, without
-            ``allow_lossy``, every tensor that would be re-quantised (rule ``exact stock type``).
-    """
-    from ..layouts import Kcfg
-    from .encodings import get_encoding
-    from .plan import ModelPlan, float_encoding_for
-
-    name = encoding_name(stock, lossy=allow_lossy)
-    entries, cannot, lossy = [], [], []
-    for info in infos:
-        target = info.bits is not None or (is_projection(info.name) and len(info.shape) == 2)
-        enc = float_encoding_for(info)
-        if target:
-            c, l = plan_problem(info, stock)
-            if c:
-                cannot.append(f"{info.name}: {c}")
-            if l:
-                lossy.append(f"{info.name}: {l}")
-            enc = name
-            if stock in ("f16", "f32") and info.bits is None:
-                enc = stock
-        e = TensorPlan(info.name, enc, tuple(info.shape), src_nbytes=info.nbytes, generated=info.name in generated)
-        entries.append(e)
-    if cannot:
-        raise TmacError(f"{len(cannot)} tensor(s) cannot be written as {stock.upper()}: " + _listing(cannot),
-                        rule="block size divides K")
-    if lossy and not allow_lossy:
-        raise TmacError(f"{stock.upper()} cannot hold {len(lossy)} tensor(s) exactly ({_listing(lossy)}); "
-                        "--allow-lossy re-quantises them and reports each tensor's error",
-                        rule="exact stock type")
-    for e in entries:
-        e.nbytes = get_encoding(e.encoding).nbytes(e)
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise TmacError("the source yields this tensor twice", tensor=dup, rule="unique tensor names")
-    return ModelPlan(entries, Kcfg([]), stock=stock)
-
-
-def _listing(items: list[str], limit: int = 4) -> str:
-    shown = "; ".join(items[:limit])
-    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
-
+    ftype = gguf.LlamaFileType.ALL_F32

@@ -3,7 +3,8 @@
 Files can be hostile: every count, length and offset is checked against the file size before
 anything is allocated, and every failure is a :class:`TmacError` naming the file, the rule and,
 where there is one, the tensor.  Callers add their own checks over the records
-(:func:`tmac_convert.gguf_tmac.parse` for T-MAC files, ``scan_gguf_header`` for GGUF sources).
+(:func:`parse` for T-MAC files, :func:`scan` for GGUF sources).  Every one of them starts from the same
+cached parse, so a file is parsed once however many readers, detectors and checks look at it.
 
 Layout of a GGUF v2/v3 file: magic ``GGUF``, u32 version, u64 tensor count, u64 kv count, the
 key/values, the tensor infos (name, u32 n_dims, u64 ``ne[n_dims]``, u32 type, u64 offset relative
@@ -14,15 +15,19 @@ little-endian; a big-endian file (told apart by its version) is parsed and flagg
 from __future__ import annotations
 
 import mmap
+from collections import OrderedDict
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
-from .errors import TmacError
+from ..errors import TmacError
+from .runtime import TMAC_ONLY_TYPE_IDS
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -68,6 +73,7 @@ class TensorRecord:
     rel_offset: int  # from the start of the data section
     offset: int = 0  # absolute position in the file
     span: int = 0  # bytes from ``offset`` to the next tensor (or the end of the file)
+    nbytes: int | None = None  # bytes of data from the type (set by :func:`scan`; None for T-MAC / unknown types)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -112,6 +118,13 @@ class GGUFFile:
 
     def fail(self, message: str, rule: str, tensor: str | None = None) -> TmacError:
         return TmacError(message, file=str(self.path), tensor=tensor, rule=rule)
+
+    @property
+    def is_tmac(self) -> bool:
+        """True for a file in T-MAC's format: ``tmac.*`` keys or T-MAC-only type ids (36-38, or 31-33 of the
+        2024 fork; 30 and 39 are also stock BF16 / MXFP4, not evidence alone)."""
+        return (any(k.startswith("tmac.") for k in self.kv)
+                or any(t.type_id in TMAC_ONLY_TYPE_IDS for t in self.tensors))
 
 
 class _Cursor:
@@ -201,7 +214,41 @@ def is_gguf(path: str | os.PathLike) -> bool:
         return False
 
 
+_CACHE: "OrderedDict[tuple, GGUFFile]" = OrderedDict()
+_CACHE_SIZE = 8
+
+
 def parse_header(path: str | os.PathLike) -> GGUFFile:
+    """:func:`parse_header_uncached`, remembered per file identity (device, inode, size, mtime): a file that
+    is detected, opened and checked by several parts of one conversion is parsed once.  A changed file
+    (new size or mtime) is parsed again."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError:
+        return parse_header_uncached(p)
+    key = (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _head_crc(p))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    f = parse_header_uncached(p)
+    _CACHE[key] = f
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return f
+
+
+def _head_crc(p: Path) -> int:
+    """CRC of the first MiB: a file rewritten in place within one mtime tick is still told apart."""
+    try:
+        with open(p, "rb") as f:
+            return zlib.crc32(f.read(1 << 20))
+    except OSError:
+        return -1
+
+
+def parse_header_uncached(path: str | os.PathLike) -> GGUFFile:
     """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
 
     Raises :class:`TmacError` for anything malformed: unreadable file (rule ``readable file``), bad
@@ -281,3 +328,107 @@ def _parse(buf: Any, path: Path, size: int) -> GGUFFile:
     for t in tensors:
         t.offset = data_offset + t.rel_offset
     return GGUFFile(path, version, kv, tensors, alignment, data_offset, size, big)
+
+# ---------------------------------------------------------------------------------------------
+# the checks on top of the header: T-MAC files (parse) and GGUF sources (scan)
+
+def parse(path: str | os.PathLike) -> GGUFFile:
+    """Parse the header, key/values and tensor infos of a GGUF file (data is not read).
+
+    :func:`~tmac_convert.format.gguf_file.parse_header` with, on top, what reading T-MAC files needs:
+    little-endian, the data section and every tensor's start inside the file, no two tensors at the
+    same offset, and each tensor's ``span`` (bytes to the next tensor or the end of the file).
+    Raises :class:`TmacError` for anything malformed.
+    """
+    f = parse_header(path)
+    if f.big_endian:
+        raise f.fail("big-endian GGUF files are not supported", "little-endian GGUF")
+    _place_tensors(f)
+    return f
+
+
+def _place_tensors(f: GGUFFile) -> None:
+    """Check that the data section and each tensor start inside the file and give each its ``span``."""
+    size = f.file_size
+    if f.data_offset > size:
+        raise f.fail(f"the data section starts at byte {f.data_offset}, past the end of the file ({size} bytes)",
+                     "GGUF structure")
+    order = sorted(f.tensors, key=lambda t: t.rel_offset)
+    for j, t in enumerate(order):
+        if t.offset > size:
+            raise f.fail(f"tensor {t.name!r} starts at byte {t.offset}, past the end of the file ({size} bytes)",
+                         "GGUF structure", t.name)
+        nxt = order[j + 1].offset if j + 1 < len(order) else size
+        if nxt == t.offset and j + 1 < len(order):
+            raise f.fail(f"tensors {t.name!r} and {order[j + 1].name!r} start at the same offset", "GGUF structure",
+                         t.name)
+        t.span = min(nxt, size) - t.offset
+
+
+def scan(path: str | os.PathLike) -> GGUFFile:
+    """:func:`parse_header` plus what reading a GGUF *source* needs: type ids known to the ``gguf`` package
+    (or T-MAC's, in a T-MAC file), row lengths a multiple of the type's block, and every tensor's data
+    inside the file and not overlapping another; each record gets its ``nbytes``.  T-MAC blobs are not
+    sized (their size depends on the kcfg).  Raises :class:`TmacError` naming the file, tensor and rule.
+    """
+    f = parse_header(path)
+    tmac = f.is_tmac
+    spans: list[tuple[int, int, str]] = []
+    for t in f.tensors:
+        nbytes = _tensor_nbytes(f, t, tmac)
+        if nbytes is None:
+            continue
+        t.nbytes = nbytes
+        end = t.offset + nbytes
+        if end > f.file_size:
+            raise f.fail(f"data [{t.offset}, {end}) runs past the end of the file ({f.file_size} bytes): truncated",
+                         "tensor data within file", t.name)
+        spans.append((t.rel_offset, t.rel_offset + nbytes, t.name))
+    spans.sort()
+    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise f.fail(f"data overlaps tensor {an} ([{a0}, {a1}) vs [{b0}, ...))", "non-overlapping tensor data", bn)
+    return f
+
+
+def _tensor_nbytes(f: GGUFFile, t: TensorRecord, tmac: bool) -> int | None:
+    """Bytes of ``t``'s data from its type (None for a T-MAC file's unsized types)."""
+    try:
+        qt = gguf.GGMLQuantizationType(t.type_id)
+        block, type_size = gguf.GGML_QUANT_SIZES[qt]
+    except (ValueError, KeyError):
+        if tmac:
+            return None
+        raise f.fail(f"GGML type id {t.type_id} is unknown to the gguf package (and not a T-MAC type)",
+                     "supported GGML type", t.name) from None
+    if t.ne[0] % block:
+        raise f.fail(f"row length {t.ne[0]} is not a multiple of the {qt.name} block size {block}",
+                     "row length % block size == 0", t.name)
+    return t.n_elements // block * type_size
+
+
+def standard_nbytes(type_id: int, ne: tuple[int, ...]) -> int | None:
+    """Bytes of a tensor of a type the ``gguf`` package knows (None if it does not know the id or the
+    row length is not a whole number of blocks)."""
+    try:
+        qt = gguf.GGMLQuantizationType(type_id)
+        block, tsize = gguf.GGML_QUANT_SIZES[qt]
+    except (ValueError, KeyError):
+        return None
+    if ne[0] % block:
+        return None
+    n = 1
+    for d in ne[1:]:
+        n *= d
+    return n * (ne[0] // block) * tsize
+
+
+def read_bytes(path: str | os.PathLike, offset: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` bytes at ``offset`` as a read-only uint8 memory map (bounded by the file size)."""
+    size = os.path.getsize(path)
+    if offset < 0 or nbytes < 0 or offset + nbytes > size:
+        raise TmacError(f"bytes [{offset}, {offset + nbytes}) lie outside the file ({size} bytes)", file=str(path),
+                        rule="tensor data inside the file")
+    if nbytes == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))

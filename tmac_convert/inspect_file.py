@@ -1,6 +1,6 @@
 """``tmac-convert inspect``: what is inside a GGUF or tmac-convert npz file, as plain data.
 
-For GGUF files the header is parsed by :mod:`tmac_convert.gguf_tmac`, so T-MAC type ids are named
+For GGUF files the header is parsed by :mod:`tmac_convert.format.runtime`, so T-MAC type ids are named
 ``I1..I4`` (the ``gguf`` package calls 39 MXFP4, 30 BF16 and knows nothing of 36-38; both names are
 shown).  For T-MAC files each quantised tensor's tiles come from the ``tmac.*`` keys and its byte
 size is recomputed from them; the embedded kcfg is checked against every tensor.  Problems are
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .errors import TmacError
-from .gguf_tmac import RUNTIMES, gguf_type_label, is_gguf, parse, standard_nbytes, type_name
+from .format.gguf_file import is_gguf, parse, standard_nbytes
+from .format.runtime import RUNTIMES, gguf_type_label, type_name
 from .layouts import Kcfg
 
 _ARRAY_PREVIEW = 8
@@ -75,7 +76,7 @@ def _describe_gguf(p: Path, full: bool) -> dict[str, Any]:
             model = reader.open(p)
             runtime = RUNTIMES[model.quantization["runtime"]]
             plans = {pl.name: pl for pl in reader.plans(model)}
-            from .writers.gguf_meta import TmacMeta
+            from .format.tmac_keys import TmacMeta
 
             meta = TmacMeta.from_kv(gf.kv, str(p))
             if meta is not None:
