@@ -27,7 +27,7 @@ from tmac_convert import proof as verify
 from tmac_convert.convert import DEFAULT_MAX_ERROR
 from tmac_convert.layouts import default_tiles
 from tmac_convert.readers import read
-from tmac_convert.tensor import QuantTensor
+from tmac_convert.format.tensor import QuantTensor
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
