@@ -393,7 +393,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
 
     kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
     refuse_source_targets([out_path] + ([kcfg_out] if kcfg_out else []), Path(model.path),
-                          reads_containers=model.format in ("gguf", "tmac", "tmac-npz"))
+                          reads_containers=model.format == "gguf" or model.format.startswith("tmac"))
     ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre)
     writer = writer_cls(ctx)
     writer.prepare()
