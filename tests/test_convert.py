@@ -59,7 +59,7 @@ def test_requested_quantisation_must_match_a_quantised_source(tmp_path, kw, matc
 
 def test_matching_request_is_accepted(tmp_path):
     src = _src(tmp_path)
-    r = convert(str(src), tmp_path / "o.gguf", verify=False, bits=2, group_size=32, zero_point=True)
+    r = convert(str(src), tmp_path / "o.gguf", verify=False, bits=2, group_size=32, zero_point=True, max_error=1.0)
     assert r.tensors and (tmp_path / "o.gguf").exists()
 
 

@@ -130,7 +130,7 @@ sys.addaudithook(_hook)  # audit hooks cannot be removed; this one only records 
 #: (source, reader options, output formats): every reader and both containers
 CONVERSIONS = [("gptq_v2_asym_2bit", {}, ("gguf", "npz")), ("gptq_act_order", {"act_order": "requantize"}, ("gguf",)),
                ("bitnet_packed", {}, ("npz",)), ("bitnet_float", {}, ("gguf",)),
-               ("llama_f16", {"bits": 2, "group_size": 64}, ("gguf",)), ("gguf_q4_1/model.gguf", {}, ("npz",))]
+               ("llama_f16", {"bits": 2, "group_size": 64, "max_error": 1.0}, ("gguf",)), ("gguf_q4_1/model.gguf", {}, ("npz",))]
 
 
 def _every_conversion(tmp: Path, tag: str) -> None:
@@ -143,7 +143,7 @@ def _every_conversion(tmp: Path, tag: str) -> None:
             out = tmp / f"{tag}-{fmt}" / f"{src.split('/')[0]}.{fmt}"
             convert(FIX / src, out, format=fmt, **opts)
             reader_opts = {k: v for k, v in opts.items() if k == "act_order"}
-            assert verify_file(out, FIX / src, reader_options=reader_opts).ok
+            assert verify_file(out, FIX / src, reader_options=reader_opts, max_error=opts.get("max_error")).ok
             describe_file(out)
             list(tmac_convert.read(out).tensors())
 
@@ -178,12 +178,12 @@ def test_auto_map_and_python_files_in_the_model_folder_are_never_imported(tmp_pa
     tok = json.loads((d / "tokenizer_config.json").read_text())
     tok["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
     (d / "tokenizer_config.json").write_text(json.dumps(tok))
-    convert(d, tmp_path / "out.gguf", bits=2, group_size=64, verify=False)
+    convert(d, tmp_path / "out.gguf", bits=2, group_size=64, verify=False, max_error=1.0)
     # an architecture only remote code would know is refused, not looked up
     cfg["architectures"] = ["EvilForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(TmacError) as e:
-        convert(d, tmp_path / "out2.gguf", bits=2, group_size=64)
+        convert(d, tmp_path / "out2.gguf", bits=2, group_size=64, max_error=1.0)
     assert e.value.rule == "supported architecture"
     assert not canary.exists()
     assert not any(m.endswith("_evil") or m == "evil" for m in sys.modules)

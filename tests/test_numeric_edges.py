@@ -280,7 +280,8 @@ def _converts_and_verifies(path: Path, tmp: Path, **opts) -> None:
     from tmac_convert.verify_file import verify_file
 
     r = verify_file(out / "model.gguf", path, reader_options={k: v for k, v in opts.items()
-                                                              if k in ("gptq_format", "act_order")})
+                                                              if k in ("gptq_format", "act_order")},
+                    max_error=opts.get("max_error"))
     assert r.ok, r.failures
 
 
@@ -408,7 +409,7 @@ def test_nan_and_inf_in_a_norm_pass_through_unchanged(tmp_path):
     vals = np.array([np.nan, np.inf, -np.inf, 6e-8], np.float16)
     _patch_tensor(d / "model.safetensors", "model.norm.weight", lambda v: v.__setitem__(slice(0, 4), vals))
     out = tmp_path / "o.gguf"
-    convert(d, out, bits=2, group_size=64, verify=False)
+    convert(d, out, bits=2, group_size=64, verify=False, max_error=1.0)
     got = {t.name: t for t in tmac_convert.read(out).tensors()}["output_norm.weight"].data[:4]
     assert np.array_equal(got, vals.astype(got.dtype), equal_nan=True)
 
@@ -429,7 +430,7 @@ def test_an_f32_value_beyond_float16_in_a_float_tensor_is_refused_with_no_output
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TmacError) as e:
-        convert(d, out / "m.gguf", bits=2, group_size=64, verify=False)
+        convert(d, out / "m.gguf", bits=2, group_size=64, verify=False, max_error=1.0)
     assert e.value.tensor == "token_embd.weight" and "overflows f16" in str(e.value)
     assert not list(out.iterdir())
 
@@ -444,9 +445,9 @@ def test_degenerate_projections_convert_and_verify(tmp_path, fill):
     d = _float_folder(tmp_path, edit)
     for zp in (True, False):
         (tmp_path / f"zp{zp}").mkdir()
-        _converts_and_verifies(d, tmp_path / f"zp{zp}", bits=2, group_size=64, zero_point=zp)
+        _converts_and_verifies(d, tmp_path / f"zp{zp}", bits=2, group_size=64, zero_point=zp, max_error=1.0)
 
 
 def test_a_nan_weight_in_a_float_projection_fails_the_conversion_with_no_output(tmp_path):
     d = _float_folder(tmp_path, lambda t: t["model.layers.0.self_attn.o_proj.weight"].__setitem__((7, 1), np.nan))
-    _refused(d, "finite weights", tmp_path, bits=2, group_size=64)
+    _refused(d, "finite weights", tmp_path, bits=4, group_size=64)

@@ -318,8 +318,11 @@ def test_non_ternary_codes_refused_while_writing_leave_no_file(tmp_path: Path) -
         convert(src, out, out_type="tq2_0", threads=1)
     assert exc.value.rule == "exact stock type" and "not ternary" in str(exc.value)
     assert not list(out.parent.iterdir())
-    rep = convert(src, out, out_type="tq2_0", allow_lossy=True, threads=1)
-    assert all(t.nmse > 0 for t in rep.tensors if t.type == "TQ2_0")
+    with pytest.raises(VerificationError) as lossy:  # allowed, but beyond the default --max-error
+        convert(src, out, out_type="tq2_0", allow_lossy=True, threads=1)
+    assert lossy.value.exit_code == 1 and "lossy" in str(lossy.value) and not list(out.parent.iterdir())
+    rep = convert(src, out, out_type="tq2_0", allow_lossy=True, threads=1, max_error=10.0)
+    assert all(t.nmse > 0 and t.lossy_nmse == t.nmse for t in rep.tensors if t.type == "TQ2_0")
 
 
 @pytest.mark.parametrize("encoding, make", [

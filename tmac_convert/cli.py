@@ -10,8 +10,10 @@
 The bare form is the ``convert`` command (``tmac-convert convert SOURCE`` is the same).
 
 Exit codes: 0 success; 1 verification failed (a converted tensor does not compute what its source
-computed, or ``verify`` found a mismatch); 2 bad input or usage (unreadable source, kcfg mismatch,
-existing output without --force, unknown option...); 130 interrupted.  Errors are one line on
+computed, a re-quantised tensor's error is above --max-error, or ``verify`` found a mismatch); 2 bad
+input or usage (unreadable source, kcfg mismatch, existing output without --force, an output that
+would replace a file of the source, unknown option...); 130 interrupted; 141 stdout closed early
+(``... | head``), nothing reported.  Errors are one line on
 stderr; set TMAC_CONVERT_TRACEBACK=1 to see the traceback of an unexpected error.
 """
 
@@ -36,8 +38,10 @@ from .kit import ISAS as KIT_ISAS
 from .writers.base import output_formats
 
 EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 TRACEBACK_ENV = "TMAC_CONVERT_TRACEBACK"
-EPILOG = ("Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted. "
+EPILOG = ("Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted, 141 stdout closed "
+          "early; 1 also when a re-quantised tensor's error is above --max-error. "
           f"Set {TRACEBACK_ENV}=1 to show tracebacks of unexpected errors.")
 
 
@@ -79,6 +83,30 @@ RUNTIME_HELP = "; ".join(f"{r.name}: I1..I4 = {', '.join(str(r.type_ids[b]) for 
                          for r in RUNTIMES.values()) + f" (default {DEFAULT_RUNTIME})."
 
 
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``tmac-convert inspect F | head``): point stdout at /dev/null so
+    that the interpreter's final flush does not fail again, and say nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_console():
+    """A rich console on stdout whose closed pipe is a :class:`BrokenPipeError` (rich's default exits with
+    1, which here means "verification failed")."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console()
+
+
 def _err(message: str) -> None:
     typer.echo(f"tmac-convert: error: {message}", err=True)
 
@@ -90,6 +118,9 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        _stdout_gone()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except TmacError as e:
         _err(" ".join(str(e).split()))
         raise typer.Exit(e.exit_code) from None
@@ -143,11 +174,10 @@ def _progress_bar(enabled: bool):
 
 
 def _summary(report) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    con = Console()
+    con = _stdout_console()
     t = Table(title=Text(f"{report.source} -> {report.out}"), show_footer=True)
     t.add_column("type", footer="total")
     t.add_column("tensors", justify="right", footer=str(len(report.tensors)))
@@ -156,13 +186,8 @@ def _summary(report) -> None:
     for typ, d in sorted(report.by_type().items()):
         t.add_row(Text(str(typ)), str(d["tensors"]), _fmt_bytes(d["src_nbytes"]), _fmt_bytes(d["out_nbytes"]))
     con.print(t)
-    worst = report.worst
     lines = [f"compression vs float16: {report.compression:.2f}x ({_fmt_bytes(report.f16_nbytes)} -> "
-             f"{_fmt_bytes(report.out_nbytes)})",
-             "verification: " + ("skipped (--no-verify)" if not report.verified else
-                                 "no quantised tensors" if worst is None else
-                                 f"all passed; worst NMSE {worst.nmse:.3g} ({worst.name}), max abs error "
-                                 f"{max(x.max_abs_err for x in report.tensors if x.max_abs_err is not None):.3g}"),
+             f"{_fmt_bytes(report.out_nbytes)})", *_verification_lines(report),
              f"time: {report.seconds:.2f} s ({_fmt_bytes(report.src_nbytes / max(report.seconds, 1e-9))}/s of "
              f"source, {report.threads} threads)",
              f"runtime: {report.runtime}; tiles: {report.kcfg_from}" +
@@ -174,6 +199,39 @@ def _summary(report) -> None:
     note = fallback_note()
     for line in lines + ([note] if note else []) + [f"note: {n}" for n in report.notes]:
         con.print(line, highlight=False, markup=False)
+
+
+def _verification_lines(report) -> list[str]:
+    """What was proven, and — separately, never as "passed" — what was lost."""
+    if not report.verified:
+        out = ["verification: skipped (--no-verify)"]
+    else:
+        tmac = [t for t in report.tensors if t.exact_error is not None]
+        stock = [t for t in report.tensors if t.exact_error is None and t.nmse is not None and t.lossy_nmse is None]
+        out = []
+        if tmac:
+            ex = max(tmac, key=lambda t: t.exact_error / t.exact_limit)
+            i8 = max(tmac, key=lambda t: t.nmse)
+            out.append(f"verification: layout exact on {len(tmac)} T-MAC tensors (worst float-table error "
+                       f"{ex.exact_error:.2g} of the output magnitude, float32 bound {ex.exact_limit:.2g}; {ex.name})")
+            out.append(f"int8 tables (the runtime's rounding): worst NMSE {i8.nmse:.3g} ({i8.name}), "
+                       f"{max(t.int8_ratio for t in tmac):.4f}x what their rounding explains; the rounding model's "
+                       f"average for its bits and act group is {i8.expected_nmse:.3g}")
+        if stock:
+            w = max(stock, key=lambda t: t.max_abs_err)
+            out.append(f"verification: {len(stock)} stock-type tensors hold the source's codes exactly (largest "
+                       f"difference {w.max_abs_err:.3g}, within float16 rounding of the block constants)")
+        requant = [t for t in report.tensors if t.exact_error is None and t.lossy_nmse is not None]
+        if requant:
+            out.append(f"verification: {len(requant)} stock-type tensors were re-quantised, not converted exactly: "
+                       "decoded by gguf.quants.dequantize, their error against the source is below (lossy)")
+        if not out:
+            out.append("verification: no quantised tensors")
+    worst = report.worst_lossy
+    if worst is not None:
+        out.append(f"lossy: NMSE {worst.lossy_nmse:.3g} vs source ({worst.name}; {len(report.lossy)} re-quantised "
+                   f"tensors), within --max-error {report.max_error:g}")
+    return out
 
 
 @app.command("convert", epilog=EPILOG)
@@ -206,6 +264,9 @@ def convert_cmd(
                                           "is reported per tensor)."),
     kit: Optional[Path] = typer.Option(None, "--kit", help="Also write the T-MAC kernel kit for the output into "
                                        "this folder (see `tmac-convert kit`); --force replaces an existing kit."),
+    max_error: float = typer.Option(0.1, "--max-error", help="Largest NMSE a re-quantised tensor may have against "
+                                    "the source's weights (float source, act-order requantisation, --allow-lossy); "
+                                    "beyond it the conversion fails with exit 1."),
 ) -> None:
     """Convert SOURCE to a T-MAC GGUF (or npz) file, verifying every quantised tensor."""
     from .convert import convert
@@ -221,7 +282,8 @@ def convert_cmd(
         kwargs = dict(format=format.value, bits=bits, group_size=group, zero_point=zero_point, kcfg=kcfg,
                       preset=preset, runtime=runtime.value, threads=threads, force=force, verify=not no_verify,
                       act_group_size=act_group, tokenizer_pre=tokenizer_pre, progress=update,
-                      out_type=out_type.value, allow_lossy=allow_lossy, **_reader_options(gptq_format, act_order))
+                      out_type=out_type.value, allow_lossy=allow_lossy, max_error=max_error,
+                      **_reader_options(gptq_format, act_order))
         if prog is not None:
             with prog:
                 report = convert(source, out, **kwargs)
@@ -271,11 +333,10 @@ def inspect_cmd(
         if json_out:
             typer.echo(json.dumps(d, indent=1, default=str))
             return
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text  # file contents are shown as text, never as rich markup
 
-        con = Console()
+        con = _stdout_console()
         rt = d.get("runtime")
         con.print(f"{d['file']}: {d['container']}, {_fmt_bytes(d['file_size'])}, architecture "
                   f"{d.get('architecture')}" + (f", runtime {rt['name']}" if rt else ""), markup=False)
@@ -313,8 +374,12 @@ def verify_cmd(
     runtime: Optional[RuntimeName] = typer.Option(None, "--runtime", help="Type-id numbering of such a file."),
     gptq_format: Optional[str] = typer.Option(None, "--gptq-format", help="Reader option for the source."),
     act_order: Optional[str] = typer.Option(None, "--act-order", help="Reader option for the source."),
+    max_error: float = typer.Option(0.1, "--max-error", help="Largest NMSE a re-quantised stock tensor may have "
+                                    "against --source."),
 ) -> None:
-    """Re-check FILE (structure, kcfg, kernel check; with --source, byte equality). Exit 1 on any mismatch."""
+    """Re-check FILE: T-MAC GGUF or npz (structure, kcfg, the layout proof and int8 check per tensor; with
+    --source, byte equality) or a stock-type GGUF (structure and decoding; with --source, the weights
+    against the source's, re-quantised tensors reported as lossy). Exit 1 on any mismatch."""
     from .verify_file import verify_file
 
     with _errors():
@@ -323,15 +388,31 @@ def verify_cmd(
             fopts["kcfg"] = kcfg
         if runtime is not None:
             fopts["runtime"] = runtime.value
-        res = verify_file(file, source, reader_options=_reader_options(gptq_format, act_order), file_options=fopts)
+        res = verify_file(file, source, reader_options=_reader_options(gptq_format, act_order), file_options=fopts,
+                          max_error=max_error)
         if json_out:
             typer.echo(json.dumps(res.to_dict(), indent=1))
         else:
             n = len(res.tensors)
             if res.ok:
-                worst = res.to_dict()["worst_nmse"]
-                typer.echo(f"{file}: OK, {n} tensors" + (f", worst NMSE {worst:.3g}" if worst is not None else "")
-                           + (", bytes equal the conversion of the source" if source else ""))
+                d = res.to_dict()
+                proofs = [t.proof for t in res.tensors if t.proof]
+                if res.stock:
+                    what = (", stock types: structure and decoding only (give --source to compare the weights)"
+                            if not source else
+                            f", lossy: worst NMSE {d['worst_lossy_nmse']:.3g} vs source (within --max-error "
+                            f"{max_error:g}); exactly held tensors match it within float16 rounding"
+                            if d["lossy"] else ", weights match the source within float16 rounding")
+                else:
+                    what = "" if not proofs else (
+                        f", layout exact (worst {max(p['exact_error'] for p in proofs):.2g} of the output magnitude),"
+                        f" worst int8 NMSE {d['worst_nmse']:.3g} = {max(p['int8_ratio'] for p in proofs):.4f}x what "
+                        "table rounding explains")
+                    what += ", bytes equal the conversion of the source" if source else ""
+                    if d["lossy"]:
+                        what += (f"; lossy: worst NMSE {d['worst_lossy_nmse']:.3g} vs source (within --max-error "
+                                 f"{max_error:g})")
+                typer.echo(f"{file}: OK, {n} tensors{what}")
             else:
                 for f in res.failures:
                     typer.echo(f"FAIL: {f}")
@@ -418,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="tmac-convert", standalone_mode=False)
     except typer.Exit as e:  # pragma: no cover - typer returns the code in non-standalone mode
         code = e.exit_code
+    except BrokenPipeError:
+        _stdout_gone()
+        code = EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         _err("interrupted")
         code = EXIT_INTERRUPTED
@@ -431,4 +515,9 @@ def main(argv: list[str] | None = None) -> None:
                 traceback.print_exc()
             _err(f"unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             code = EXIT_BAD_INPUT
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+        code = EXIT_BROKEN_PIPE
     sys.exit(code if isinstance(code, int) else 0)

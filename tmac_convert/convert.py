@@ -26,6 +26,7 @@ from .format.runtime import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
 from .parallel import cpu_count
 from .pipeline import run_pipeline
+from .source_guard import refuse_source_targets
 from .readers.base import SourceModel, Tensor, TensorInfo
 from .format.tensor import QuantTensor
 from .writers.atomic import AtomicOutputs, disk_full_as_tmac_error
@@ -36,6 +37,13 @@ from .format.encodings.tmac import VERIFY_SEED  # noqa: F401 - the seed verify_f
 from .archs import architecture_for
 from .archs.hparams import config_file
 from .writers.plan import plan_model, plan_stock
+
+#: Default ``max_error``: NMSE 0.1 of the weights (10 dB signal to noise).  Round-to-nearest at 3 and 4
+#: bits stays under it (about 0.05 and 0.01 on Gaussian-like weights), like Q4_0/Q4_1 re-quantisation
+#: (< 0.01); 2-bit and 1-bit round-to-nearest (0.25, > 1) and ternary re-quantisation of non-ternary
+#: weights (0.67-0.85 on the fixtures) are far above it, and such a model no longer computes its source's
+#: function.  Lossless conversions never consult it.
+DEFAULT_MAX_ERROR = 0.1
 
 
 @dataclass
@@ -60,8 +68,13 @@ class TensorReport:
     out_nbytes: int
     bm: int | None = None
     kfactor: int | None = None
-    nmse: float | None = None
+    nmse: float | None = None           # int8-table NMSE (T-MAC) or the stored weights' NMSE (stock types)
     max_abs_err: float | None = None
+    exact_error: float | None = None    # layout proof: float-table error / output magnitude (T-MAC)
+    exact_limit: float | None = None    # its float32 rounding bound
+    int8_ratio: float | None = None     # int8 error / the error the tables' rounding explains (T-MAC)
+    expected_nmse: float | None = None  # the rounding model's average int8 NMSE (T-MAC)
+    lossy_nmse: float | None = None     # re-quantised: NMSE of the written weights against the source's
 
 
 @dataclass
@@ -78,6 +91,7 @@ class ConversionReport:
     act_group_size: int
     threads: int
     verified: bool
+    max_error: float = 0.0
     seconds: float = 0.0
     tensors: list[TensorReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -111,6 +125,16 @@ class ConversionReport:
         return out
 
     @property
+    def lossy(self) -> list[TensorReport]:
+        """Tensors whose written weights differ from the source's beyond rounding (re-quantised)."""
+        return [t for t in self.tensors if t.lossy_nmse is not None]
+
+    @property
+    def worst_lossy(self) -> TensorReport | None:
+        lossy = self.lossy
+        return max(lossy, key=lambda t: t.lossy_nmse) if lossy else None
+
+    @property
     def worst(self) -> TensorReport | None:
         """The verified tensor with the largest NMSE (None when nothing was verified)."""
         v = [t for t in self.tensors if t.nmse is not None]
@@ -125,6 +149,11 @@ class ConversionReport:
                  worst_max_abs_err=max((t.max_abs_err for t in self.tensors if t.max_abs_err is not None),
                                        default=None),
                  worst_tensor=None if worst is None else worst.name,
+                 worst_exact_error=max((t.exact_error for t in self.tensors if t.exact_error is not None),
+                                       default=None),
+                 lossy=bool(self.lossy),
+                 worst_lossy_nmse=None if self.worst_lossy is None else self.worst_lossy.lossy_nmse,
+                 worst_lossy_tensor=None if self.worst_lossy is None else self.worst_lossy.name,
                  tensors=[{**asdict(t), "shape": list(t.shape)} for t in self.tensors])
         return d
 
@@ -145,8 +174,17 @@ def resolve_kcfg(kcfg: str | Path | Kcfg | None, preset: str | None) -> Kcfg | N
 
 
 def default_out(source: str | Path, fmt_suffix: str) -> Path:
-    """``<source name>.tmac<suffix>`` in the current folder (a Hub id ``org/name`` gives ``name``)."""
-    name = str(source).rstrip("/\\").replace("\\", "/").split("/")[-1] or "model"
+    """``<source name>.tmac<suffix>`` in the current folder.
+
+    The name is that of the resolved local path (``.`` inside a folder ``llama-2bit`` gives
+    ``llama-2bit.tmac.gguf``), or the last part of a Hub id ``org/name``.
+    """
+    p = Path(source)
+    if p.exists():
+        name = p.resolve().name
+    else:
+        name = str(source).rstrip("/\\").replace("\\", "/").split("/")[-1]
+    name = name.lstrip(".") or "model"
     for ext in (".gguf", ".npz", ".safetensors"):
         if name.endswith(ext):
             name = name[: -len(ext)]
@@ -202,18 +240,58 @@ def _check_tensor(t: Tensor, e: TensorPlan) -> None:
                         rule="reader yields what tensor_infos() said")
 
 
-def _work(t: Tensor, e: TensorPlan, *, verify: bool) -> tuple[TensorPlan, np.ndarray, Any, str | None]:
+def lossy_error(t: Tensor, result: Any) -> float | None:
+    """The NMSE of the written weights against the source's when the output re-quantised ``t``, else None.
+
+    Re-quantised means: a float source quantised by round-to-nearest, an act-order layer re-quantised to
+    contiguous groups (both recorded by the reader in ``t.meta``), or a stock type that cannot hold the
+    source's codes (``result`` of :meth:`StockEncoding.check` with ``exact`` False).
+    """
+    if getattr(result, "exact", True) is False:
+        return float(result.nmse)
+    meta = getattr(t, "meta", None) or {}
+    stats = meta.get("quant_stats") or meta.get("requantized")
+    return None if stats is None else float(stats["nmse"])
+
+
+def check_lossy(name: str, nmse: float | None, max_error: float, what: str) -> None:
+    """Raise :class:`VerificationError` when a re-quantised tensor's error exceeds ``max_error``."""
+    if nmse is not None and not nmse <= max_error:
+        raise VerificationError(
+            f"lossy: {what} gives NMSE {nmse:.3g} against the source's weights, above the limit {max_error:g} "
+            f"(--max-error; raise it explicitly, e.g. --max-error {_round_up(nmse):g}, to accept this loss)",
+            tensor=name, rule="lossy error within --max-error")
+
+
+def _round_up(x: float) -> float:
+    """A short number a little above ``x`` (for the message's suggestion)."""
+    if not np.isfinite(x) or x <= 0:
+        return x
+    e = 10.0 ** np.floor(np.log10(x))
+    return float(np.ceil(x / e * 1.0001) * e)
+
+
+def _work(t: Tensor, e: TensorPlan, *, verify: bool, max_error: float
+          ) -> tuple[TensorPlan, np.ndarray, Any, str | None, float | None]:
     """Encode one tensor and (``verify``) prove the bytes with its encoding's check; runs in a worker thread.
-    Returns the plan entry, the bytes, the check's figures and the tensor's note for the report."""
+    Returns the plan entry, the bytes, the check's figures, the tensor's note for the report and, for a
+    re-quantised tensor, its NMSE against the source (raises beyond ``max_error``)."""
     _check_tensor(t, e)
     enc = get_encoding(e.encoding)
     note = t.meta.get("note") if isinstance(t, QuantTensor) else None
     span = enc.passthrough(t, e)
     if span is not None:  # stored exactly as the output stores it: the writer copies it file to file
-        return e, span, None, note
+        return e, span, None, note, None
     data = enc.encode(t, e)
-    result = enc.check(t, data, e) if verify else None
-    return e, data, result, note
+    # a lossy encoding's error is measured even without verify: a loss is never silent
+    result = enc.check(t, data, e) if verify or getattr(enc, "lossy", False) else None
+    lossy = lossy_error(t, result)
+    if lossy is not None:
+        what = (f"re-quantising to {_type_label(e)}" if getattr(enc, "lossy", False) else
+                "re-quantisation by round-to-nearest" if "quant_stats" in getattr(t, "meta", {}) else
+                "re-quantising act-order groups")
+        check_lossy(e.name, lossy, max_error, what)
+    return e, data, result, note, lossy
 
 
 def _figure(result: Any, name: str) -> float | None:
@@ -231,7 +309,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
             preset: str | None = None, runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
             force: bool = False, verify: bool = True, act_group_size: int | None = None,
             tokenizer_pre: str | None = None, progress: Callable[[ProgressUpdate], None] | None = None,
-            out_type: str = "tmac", allow_lossy: bool = False, **reader_options: Any) -> ConversionReport:
+            out_type: str = "tmac", allow_lossy: bool = False, max_error: float = DEFAULT_MAX_ERROR,
+            **reader_options: Any) -> ConversionReport:
     """Convert a checkpoint to a T-MAC GGUF (or npz) file.
 
     Args:
@@ -256,6 +335,9 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
             ``q4_1``, ``tq1_0``, ``tq2_0``, ``f16``, ``f32``; see :mod:`tmac_convert.format.encodings.stock`): the
             same GGUF otherwise, without kcfg, tiles or ``tmac.*`` keys.
         allow_lossy: with a stock type, re-quantise tensors whose codes it cannot hold (else refused).
+        max_error: the largest NMSE a re-quantised tensor (float source, act-order requantisation, lossy
+            stock type) may have against the source's weights; beyond it the conversion fails with
+            :class:`VerificationError` (:data:`DEFAULT_MAX_ERROR` unless raised explicitly).
         reader_options: passed to the reader (e.g. ``gptq_format``).
 
     Returns:
@@ -264,6 +346,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     t0 = time.perf_counter()
     rt = get_runtime(runtime)
     writer_cls = get_writer(format)
+    if not (max_error >= 0):
+        raise TmacError(f"--max-error must be a number >= 0, got {max_error}", rule="max error >= 0")
     if threads is not None and threads < 1:
         raise TmacError(f"threads must be at least 1, got {threads}", rule="threads >= 1")
     if bits is not None and not bits_supported(bits):
@@ -307,10 +391,12 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         plan = plan_model(all_infos, kcfg=kc, act_group_size=act_group_size,
                           generated=frozenset(t.name for t in extras))
 
+    kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
+    refuse_source_targets([out_path] + ([kcfg_out] if kcfg_out else []), Path(model.path),
+                          reads_containers=model.format == "gguf" or model.format.startswith("tmac"))
     ctx = WriteContext(model, plan, rt, tokenizer_pre=tokenizer_pre)
     writer = writer_cls(ctx)
     writer.prepare()
-    kcfg_out = kcfg_path_for(out_path) if plan.quantized else None
     kcfg_text = plan.kcfg.to_ini()
     targets = [out_path] + ([kcfg_out] if kcfg_out else [])
     nthreads = threads or cpu_count()
@@ -319,7 +405,7 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
         runtime="stock llama.cpp" if stock else rt.name,
         kcfg_out=str(kcfg_out) if kcfg_out else None,
         kcfg_from="none (stock type)" if stock else (kc.source or "given") if kc is not None else "default tiles",
-        act_group_size=plan.act_group_size, threads=nthreads, verified=verify)
+        act_group_size=plan.act_group_size, threads=nthreads, verified=verify, max_error=float(max_error))
 
     def stream() -> Iterator[Tensor]:
         yield from model.tensors()
@@ -333,9 +419,10 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                           needed_bytes=plan.total_nbytes + writer.overhead_bytes() + len(kcfg_text)) as tmp:
         writer.open(tmp[out_path])
         try:
-            work = partial(_work, verify=verify)
+            work = partial(_work, verify=verify, max_error=max_error)
             tensor_notes: list[str] = []
-            for n, (e, data, result, note) in enumerate(run_pipeline(stream(), plan.entries, work, threads=nthreads)):
+            for n, (e, data, result, note, lossy) in enumerate(run_pipeline(stream(), plan.entries, work,
+                                                                             threads=nthreads)):
                 writer.write(e, data, result)
                 if note:
                     tensor_notes.append(note)
@@ -343,7 +430,10 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                 report.tensors.append(TensorReport(
                     e.name, _type_label(e), tuple(e.shape), e.src_nbytes, e.nbytes,
                     bm=e.tiles.bm if e.tiles else None, kfactor=e.tiles.kfactor if e.tiles else None,
-                    nmse=_figure(result, "nmse"), max_abs_err=_figure(result, "max_abs_err")))
+                    nmse=_figure(result, "nmse"), max_abs_err=_figure(result, "max_abs_err"),
+                    exact_error=_figure(result, "exact_error"), exact_limit=_figure(result, "exact_limit"),
+                    int8_ratio=_figure(result, "int8_ratio"), expected_nmse=_figure(result, "expected_nmse"),
+                    lossy_nmse=lossy))
                 del data
                 if progress is not None:
                     progress(ProgressUpdate(n + 1, total, done_bytes, bytes_total, e.name))
@@ -359,5 +449,5 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
     return report
 
 
-__all__ = ["convert", "ConversionReport", "TensorReport", "ProgressUpdate", "check_requested",
+__all__ = ["convert", "DEFAULT_MAX_ERROR", "ConversionReport", "TensorReport", "ProgressUpdate", "check_requested",
            "resolve_kcfg", "default_out", "kcfg_path_for", "VerificationError"]

@@ -45,8 +45,13 @@ def describe_file(path: str | Path, *, full_metadata: bool = False) -> dict[str,
     the gguf package would call it, shape, bytes, offset, bits, bm, kfactor), ``problems``.
     """
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise TmacError("is a folder; inspect takes one file: a GGUF or a tmac-convert npz (a model folder is "
+                        "converted with `tmac-convert FOLDER`)", file=str(p), rule="file to inspect")
+    if not p.exists():
         raise TmacError("no such file", file=str(p), rule="file exists")
+    if not p.is_file():
+        raise TmacError("not a regular file", file=str(p), rule="file to inspect")
     if is_gguf(p):
         return _describe_gguf(p, full_metadata)
     from .readers.tmac_file import _is_our_npz
@@ -130,12 +135,19 @@ def kcfg_problems(kcfg_text: str, plans: list[Any], file: str) -> list[str]:
     return out
 
 
+def _npz_tensor(d: dict[str, Any]) -> dict[str, Any]:
+    """A manifest descriptor as a tensor row: its ``type`` is ``I{bits}`` for T-MAC blobs, else the encoding."""
+    t = {k: v for k, v in d.items() if k != "member"}
+    t["type"] = f"I{d['bits']}" if d.get("bits") else str(d.get("encoding", "?")).upper()
+    return t
+
+
 def _describe_npz(p: Path) -> dict[str, Any]:
     from .readers.tmac_file import read_manifest
 
     man = read_manifest(p)
     tm = man.get("tmac") or {}
-    tensors = [{k: v for k, v in d.items() if k != "member"} for d in man.get("tensors", [])]
+    tensors = [_npz_tensor(d) for d in man.get("tensors", [])]
     problems: list[str] = []
     try:
         from .readers.tmac_file import TmacFileReader

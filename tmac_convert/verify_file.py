@@ -24,9 +24,10 @@ import numpy as np
 from .convert import VERIFY_SEED, kcfg_path_for
 from .inspect_file import kcfg_problems
 from .errors import TmacError
+from .format.gguf_file import is_gguf, parse
 from .layouts import pack
 from .readers.base import FloatTensor
-from .readers.tmac_file import TmacFileReader
+from .readers.tmac_file import TmacFileReader, looks_tmac
 from .format.tensor import QuantTensor
 from .format.encodings import get_encoding
 
@@ -40,6 +41,8 @@ class TensorCheck:
     nmse: float | None = None
     max_abs_err: float | None = None
     matches_source: bool | None = None
+    proof: dict[str, Any] | None = None
+    lossy_nmse: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +58,7 @@ class FileCheck:
     source: str | None
     tensors: list[TensorCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    stock: bool = False  # a GGUF of stock llama.cpp types (checked by tmac_convert.stockcheck)
 
     @property
     def ok(self) -> bool:
@@ -66,13 +70,16 @@ class FileCheck:
 
     def to_dict(self) -> dict[str, Any]:
         worst = max((t.nmse for t in self.tensors if t.nmse is not None), default=None)
+        lossy = [t.lossy_nmse for t in self.tensors if t.lossy_nmse is not None]
         return {"file": self.file, "source": self.source, "ok": self.ok, "problems": self.failures,
-                "worst_nmse": worst, "tensors": [{**asdict(t), "ok": t.ok} for t in self.tensors]}
+                "stock": self.stock, "worst_nmse": worst, "lossy": bool(lossy),
+                "worst_lossy_nmse": max(lossy) if lossy else None,
+                "tensors": [{**asdict(t), "ok": t.ok} for t in self.tensors]}
 
 
 def verify_file(path: str | Path, source: str | Path | None = None, *, verify: bool = True,
-                reader_options: dict[str, Any] | None = None, file_options: dict[str, Any] | None = None
-                ) -> FileCheck:
+                reader_options: dict[str, Any] | None = None, file_options: dict[str, Any] | None = None,
+                max_error: float | None = None) -> FileCheck:
     """Re-check a T-MAC GGUF or tmac-convert npz (see the module docstring).
 
     Args:
@@ -81,11 +88,23 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
         verify: run the kernel-level check on each quantised tensor.
         reader_options: options for reading the source (e.g. ``gptq_format``).
         file_options: options for reading the file (``kcfg``/``runtime`` for T-MAC's own files).
+        max_error: the largest NMSE a re-quantised stock tensor may have against the source (default
+            :data:`tmac_convert.convert.DEFAULT_MAX_ERROR`).
 
     Raises:
         TmacError: the file (or source) cannot be read at all.
     """
     p = Path(path)
+    if p.is_dir():
+        raise TmacError("is a folder; verify takes a file this tool wrote (a GGUF or an npz)", file=str(p),
+                        rule="file to verify")
+    if is_gguf(p) and not file_options and not looks_tmac(parse(p)):
+        from .convert import DEFAULT_MAX_ERROR
+        from .stockcheck import check_stock_file
+
+        out = FileCheck(str(p), None if source is None else str(source), stock=True)
+        check_stock_file(out, p, source, reader_options or {}, DEFAULT_MAX_ERROR if max_error is None else max_error)
+        return out
     reader = TmacFileReader(**(file_options or {}))
     model = reader.open(p)
     plans = reader.plans(model)
@@ -124,16 +143,20 @@ def verify_file(path: str | Path, source: str | Path | None = None, *, verify: b
             r = verify_tensor(qt, np.asarray(data), bm=pl.tiles.bm, kfactor=pl.tiles.kfactor,
                               act_group_size=k if ags == -1 else ags, seed=VERIFY_SEED)
             c.nmse, c.max_abs_err = float(r.nmse), float(r.max_abs_err)
+            c.proof = r.as_dict()
             if not r.ok:
-                c.problems.append(f"kernel check failed: nmse {r.nmse:.3g}, max abs error {r.max_abs_err:.3g}")
+                c.problems.append(f"kernel check failed: {r.summary()}")
 
     if source is not None:
-        _compare_source(out, checks, reader, model, source, reader_options or {})
+        from .convert import DEFAULT_MAX_ERROR
+
+        _compare_source(out, checks, reader, model, source, reader_options or {},
+                        DEFAULT_MAX_ERROR if max_error is None else max_error)
     return out
 
 
 def _compare_source(out: FileCheck, checks: dict[str, TensorCheck], reader: TmacFileReader, model, source,
-                    reader_options: dict[str, Any]) -> None:
+                    reader_options: dict[str, Any], max_error: float) -> None:
     from .readers import read
 
     q = model.quantization
@@ -170,6 +193,13 @@ def _compare_source(out: FileCheck, checks: dict[str, TensorCheck], reader: Tmac
             c.matches_source = False
             c.problems.append(f"the source tensor does not fit the stored one: {e}")
             continue
+        if isinstance(t, QuantTensor):
+            from .convert import lossy_error
+
+            c.lossy_nmse = lossy_error(t, None)  # the source re-quantised (float source, act order)
+            if c.lossy_nmse is not None and not c.lossy_nmse <= max_error:
+                c.problems.append(f"lossy: NMSE {c.lossy_nmse:.3g} against the source's weights, above "
+                                  f"--max-error {max_error:g}")
         got = np.asarray(data).reshape(-1)
         same = want.size == got.size and np.array_equal(want, got)
         c.matches_source = bool(same)

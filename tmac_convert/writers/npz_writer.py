@@ -147,6 +147,9 @@ def describe(entry: TensorPlan, verification: Any = None) -> dict[str, Any]:
     if verification is not None:
         d["verification"] = {"nmse": float(verification.nmse), "max_abs_err": float(verification.max_abs_err),
                              "ok": bool(verification.ok)}
+        for key in ("exact_error", "exact_limit", "expected_nmse", "int8_ratio"):
+            if getattr(verification, key, None) is not None:
+                d["verification"][key] = float(getattr(verification, key))
     return d
 
 

@@ -57,7 +57,8 @@ class TmacEncoding(Encoding, name="tmac", out_type="tmac"):
 
     def check(self, tensor: Tensor, data: np.ndarray, plan: TensorPlan) -> Any:
         """Run the bundled LUT kernel on the blob and compare with float64 math on the source's weights
-        (:func:`tmac_convert.proof.verify_tensor`); raises :class:`VerificationError` over the threshold."""
+        (:func:`tmac_convert.proof.verify_tensor`); raises :class:`VerificationError`
+        when the layout proof or the int8 judgement fails."""
         from ...proof import check, verify_tensor  # the kernels are loaded only when something is verified
 
         if not isinstance(tensor, QuantTensor) or plan.tiles is None:
