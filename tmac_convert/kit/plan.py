@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import LayoutError, TmacError
+from ..format.rules import scales_size
 from ..layouts import Kcfg, KernelConfig, TileConfig
 from ..layouts.constraints import check_act_group, check_layout
 from .model_facts import ModelFacts, TensorFacts
@@ -77,9 +78,7 @@ class TileShape:
     @property
     def tile_scales(self) -> int:
         """Scale floats per tile (scales and zero offsets interleaved; 1 shared value for one scale)."""
-        if self.one_scale:
-            return 1
-        return (self.k // self.group_size) * (self.bm // self.bits) * (2 if self.zero_point else 1)
+        return scales_size(self.bm // self.bits, self.k, self.group_size, self.zero_point, self.one_scale)
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def _check_tensor(t: TensorFacts, file: str) -> int:
     if t.m0 * t.k * t.bits > INT_MAX or t.k * 4 > INT_MAX:
         raise TmacError(f"{_desc(t)} is too large for the fork's int arithmetic", tensor=t.name, file=file,
                         rule="M0*K*bits < 2^31")
-    nscales = 1 if t.one_scale else t.m0 * (t.k // t.group_size) * (2 if t.zero_point else 1)
+    nscales = scales_size(t.m0, t.k, t.group_size, t.zero_point, t.one_scale)
     if t.nbytes_in_file < wbytes + 4 * nscales:
         raise TmacError(f"the file holds {t.nbytes_in_file} bytes for it, its weights and scales need "
                         f"{wbytes + 4 * nscales}", tensor=t.name, file=file, rule="tensor data inside the file")
