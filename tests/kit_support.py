@@ -67,6 +67,11 @@ class BuiltDriver:
         return np.fromfile(work / "y.bin", dtype=np.float32).reshape(n, m0)
 
 
+# the warning flags of the fork's ggml target (ggml/src/CMakeLists.txt, clang)
+FORK_WARNINGS = ("-Wmissing-declarations", "-Wmissing-noreturn", "-Wall", "-Wextra", "-Wpedantic", "-Wcast-qual",
+                 "-Wunreachable-code-break", "-Wunreachable-code-return", "-Wmissing-prototypes", "-Wextra-semi")
+
+
 def build_driver(kit: Path, work: Path, *, cc: str = "clang", cxx: str = "clang++",
                  extra: tuple[str, ...] = ()) -> BuiltDriver:
     """Compile the kit's LUT sources (C) and kernels.cc + headers (C++) with the fork-like test driver."""
@@ -77,9 +82,14 @@ def build_driver(kit: Path, work: Path, *, cc: str = "clang", cxx: str = "clang+
         subprocess.run([cc, "-O2", "-std=c11", "-ffp-contract=off", "-fno-strict-aliasing", *extra, "-c", str(c),
                         "-o", str(o)], check=True, capture_output=True, text=True)
         objs.append(str(o))
+    # kernels.cc with the warnings the fork's ggml target enables, as errors
+    warn = FORK_WARNINGS if "clang" in cxx else ("-Wall", "-Wextra")
+    r = subprocess.run([cxx, "-O2", "-std=gnu++17", *warn, "-Werror", *extra, "-I", str(kit / "include"), "-c",
+                        str(kit / "lib" / "kernels.cc"), "-o", str(work / "kernels.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     exe = work / "fork_like"
     r = subprocess.run([cxx, "-O2", "-std=c++17", "-Wall", "-Werror", *extra, "-I", str(kit / "include"),
-                        f'-DTMAC_KCFG_FILE="{kit / "lib" / "kcfg.ini"}"', str(kit / "lib" / "kernels.cc"),
+                        f'-DTMAC_KCFG_FILE="{kit / "lib" / "kcfg.ini"}"', str(work / "kernels.o"),
                         str(DRIVERS / "fork_like.cc"), *objs, "-o", str(exe), "-pthread"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

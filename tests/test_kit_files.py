@@ -248,3 +248,17 @@ def test_a_per_isa_kernel_file_added_later_joins_the_kit_with_its_guard(tmp_path
     isa, chosen = _select_paths("avx512", paths)
     assert isa == "avx512" and [p.isa for p in chosen] == ["avx512", "avx2", "scalar"]
     assert [p.isa for p in _select_paths("avx2", paths)[1]] == ["avx2", "scalar"]
+
+
+def test_an_odd_model_file_name_cannot_break_the_generated_sources(models, tmp_path):
+    import shutil
+    import subprocess
+
+    odd = tmp_path / 'a "b" *x ??= c\\d\n;e?.gguf'
+    shutil.copyfile(models["gptq-2bit-zp"], odd)
+    write_kit(odd, tmp_path / "kit")
+    Kcfg.parse((tmp_path / "kit" / "lib" / "kcfg.ini").read_text())  # still a valid INI
+    if shutil.which("clang++"):
+        r = subprocess.run(["clang++", "-std=c++17", "-fsyntax-only", "-I", str(tmp_path / "kit" / "include"),
+                            str(tmp_path / "kit" / "lib" / "kernels.cc")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr

@@ -27,7 +27,7 @@ from . import render
 from .model_facts import ModelFacts, TensorFacts, read_model_facts
 from .plan import KitPlan, plan_kit
 from .sources import KernelPath, kernel_paths, kernel_source_dir
-from .writer import MARKER, write_tree
+from .writer import MARKER, check_target, write_tree
 
 ISAS = ("auto", "avx2", "avx512", "neon")
 
@@ -100,9 +100,7 @@ def write_kit(model: str | Path, out_dir: str | Path, *, isa: str = "auto", forc
     t0 = time.perf_counter()
     model = Path(model)
     out = Path(out_dir).absolute()
-    from .writer import check_target
-
-    check_target(out, force)
+    check_target(out, force)  # before any work
     src = kernel_source_dir()
     kit_isa, paths = _select_paths(isa, kernel_paths(src))
     facts = read_model_facts(model)
@@ -122,7 +120,7 @@ def write_kit(model: str | Path, out_dir: str | Path, *, isa: str = "auto", forc
     for f in lut_kernel_files(src):
         files[f"{render.LUT_DIR}/{f}"] = (src / f).read_bytes()
     write_tree(out, files, force)
-    return KitReport(out, kit_isa, [p.isa for p in paths], [render._shape_line(s) for s in plan.shapes],
+    return KitReport(out, kit_isa, [p.isa for p in paths], [render.shape_line(s) for s in plan.shapes],
                      sorted(files), time.perf_counter() - t0)
 
 

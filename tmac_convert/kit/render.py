@@ -34,8 +34,13 @@ def c_string(s: str) -> str:
     return "".join(out)
 
 
+def printable(s: str) -> str:
+    """``s`` on one line: control characters (a newline in a file name) would break comments and INI lines."""
+    return "".join(c if c.isprintable() else "?" for c in s)
+
+
 def describe(model: Path, isa: str, plan: KitPlan) -> str:
-    return f"{model.name} (tmac-convert {__version__}, {isa} kit, {len(plan.shapes)} shapes)"
+    return f"{printable(model.name)} (tmac-convert {__version__}, {isa} kit, {len(plan.shapes)} shapes)"
 
 
 def _paths_block(paths: list[KernelPath]) -> str:
@@ -55,7 +60,7 @@ def _tile_call(t: TileShape) -> str:
 
 def kernels_cc(model: Path, isa: str, plan: KitPlan, paths: list[KernelPath]) -> str:
     """The generated ``lib/kernels.cc``: per-shape T-MAC entry points over the shared LUT kernels."""
-    table, funcs, pre_dispatch, tile_dispatch = [], [], [], []
+    table, funcs, protos, pre_dispatch, tile_dispatch = [], [], [], [], []
     for s in plan.shapes:
         c, p = s.section, s.pre
         table.append(f"    {{{p.m0}, {p.k}, {p.bits}, {c.bm}, {c.simd_n_in}, {c.simd_n_out}, {c.kfactor}, "
@@ -65,6 +70,7 @@ def kernels_cc(model: Path, isa: str, plan: KitPlan, paths: list[KernelPath]) ->
         funcs.append(f"/* [{p.m0}, {p.k}] {p.bits}-bit: {_names(s)} */\n"
                      f"int {p.symbol}(void *B, void *LUT_Scales, void *LUT_Biases, void *QLUT) {{\n"
                      f"  return kit_preprocess({p.k}, {p.ags}, {p.actk}, B, LUT_Scales, LUT_Biases, QLUT);\n}}\n")
+        protos.append(f"int {p.symbol}(void *B, void *LUT_Scales, void *LUT_Biases, void *QLUT);")
         pre_dispatch.append(f"  if (m == {p.m} && k == {p.k} && b == {p.bits}) "
                             f"return {p.symbol}(B, LUT_Scales, LUT_Biases, QLUT);")
     for t in plan.tile_shapes:
@@ -72,17 +78,19 @@ def kernels_cc(model: Path, isa: str, plan: KitPlan, paths: list[KernelPath]) ->
                      f"{'zero points' if t.zero_point else 'one scale' if t.one_scale else 'no zero points'} */\n"
                      f"int {t.symbol}(void *A, void *LUT, void *Scales, void *LUT_Scales, void *LUT_Biases, "
                      f"void *C) {{\n{_tile_call(t)}\n}}\n")
+        protos.append(f"int {t.symbol}(void *A, void *LUT, void *Scales, void *LUT_Scales, void *LUT_Biases, void *C);")
         tile_dispatch.append(f"  if (m == {t.bm} && k == {t.k} && b == {t.bits}) "
                              f"return {t.symbol}(A, LUT, Scales, LUT_Scales, LUT_Biases, C);")
     desc = describe(model, isa, plan)
     subs = {
         "@DESCRIPTION@": desc.replace("*/", "* /"),
         "@DESCRIPTION_C@": c_string(desc),
-        "@MODEL_NAME@": model.name.replace("*/", "* /"),
+        "@MODEL_NAME@": printable(model.name).replace("*/", "* /"),
         "@ARM@": "1" if isa in ARM_ISAS else "0",
         "@PATH_NAMES@": ", ".join(p.isa for p in paths),
         "@PATHS@": _paths_block(paths),
         "@SHAPE_TABLE@": "\n".join(table),
+        "@SHAPE_PROTOTYPES@": "\n".join(protos),
         "@SHAPE_FUNCTIONS@": "\n".join(funcs),
         "@PRE_DISPATCH@": "\n".join(pre_dispatch),
         "@QGEMM_DISPATCH@": "\n".join(tile_dispatch),
@@ -161,7 +169,7 @@ endif()
 
 
 def readme(model: Path, isa: str, plan: KitPlan, out_dir: Path) -> str:
-    shapes = "\n".join(f"  {_shape_line(s)}" for s in plan.shapes)
+    shapes = "\n".join(f"  {shape_line(s)}" for s in plan.shapes)
     return f"""T-MAC kernel kit for {model.name}
 {'=' * (22 + len(model.name))}
 
@@ -204,7 +212,8 @@ TMAC_KIT_PATH=scalar|avx2|avx512|neon forces one. TMAC_LOG_LEVEL=WARNING hides t
 """
 
 
-def _shape_line(s: KitShape) -> str:
+def shape_line(s: KitShape) -> str:
+    """One line describing a served shape: ``[M0, K] b-bit: bm .., kfactor .., scales, act group (tensors)``."""
     c, t = s.section, s.tile
     scale = "one scale" if t.one_scale else f"group {t.group_size}" + (", zero points" if t.zero_point else "")
     return (f"[{s.pre.m0}, {s.pre.k}] {s.pre.bits}-bit: bm {c.bm}, kfactor {c.kfactor}, {scale}, act group "
