@@ -317,15 +317,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_layout_native", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__layout_native(void) {
-    PyObject *owner = PyImport_ImportModule("tmac_convert._pool_native"); /* PyCapsule_Import would only
-                                                                            import the top package */
-    if (!owner) return NULL;
-    Py_DECREF(owner);
-    pool = (const tmac_pool_api *)PyCapsule_Import(TMAC_POOL_CAPSULE, 0);
+    pool = tmac_pool_import();
     if (!pool) return NULL;
-    if (pool->version != TMAC_POOL_API_VERSION) {
-        PyErr_SetString(PyExc_ImportError, "tmac_convert._pool_native has another API version: rebuild the package");
-        return NULL;
-    }
     return PyModule_Create(&module);
 }

@@ -48,4 +48,20 @@ typedef struct {
 /* The implementation's table (pool.c). */
 const tmac_pool_api *tmac_pool(void);
 
+#ifdef Py_PYTHON_H
+/* For an extension's module init: the pool table from tmac_convert._pool_native, or NULL with ImportError set. */
+static inline const tmac_pool_api *tmac_pool_import(void) {
+    PyObject *owner = PyImport_ImportModule("tmac_convert._pool_native"); /* PyCapsule_Import would only
+                                                                            import the top package */
+    if (!owner) return NULL;
+    Py_DECREF(owner);
+    const tmac_pool_api *api = (const tmac_pool_api *)PyCapsule_Import(TMAC_POOL_CAPSULE, 0);
+    if (api && api->version != TMAC_POOL_API_VERSION) {
+        PyErr_SetString(PyExc_ImportError, "tmac_convert._pool_native has another API version: rebuild the package");
+        return NULL;
+    }
+    return api;
+}
+#endif
+
 #endif

@@ -190,16 +190,21 @@ class _Cursor:
         self.pos = pos
         return out
 
+    def array_header(self, what: str) -> tuple[int, int]:
+        """An array's element type and length, checked: a known type, and a length that fits in the file."""
+        sub = self.u32(f"element type of {what}")
+        if sub not in _MIN_SIZE:
+            raise self.fail(f"{what}: unknown array element type {sub}", "metadata value type")
+        count = self.u64(f"length of {what}")
+        if count * _MIN_SIZE[sub] > self.end - self.pos:
+            raise self.fail(f"{what}: {count} elements cannot fit in the {self.end - self.pos} bytes left",
+                            "header within file")
+        return sub, count
+
     def skip(self, vtype: int, what: str) -> None:
         """Move past one value without decoding it (bounds and types checked as :meth:`value` checks them)."""
         if vtype == _ARRAY:
-            sub = self.u32(f"element type of {what}")
-            if sub not in _MIN_SIZE:
-                raise self.fail(f"{what}: unknown array element type {sub}", "metadata value type")
-            count = self.u64(f"length of {what}")
-            if count * _MIN_SIZE[sub] > self.end - self.pos:
-                raise self.fail(f"{what}: {count} elements cannot fit in the {self.end - self.pos} bytes left",
-                                "header within file")
+            sub, count = self.array_header(what)
             if sub in _SCALARS:
                 self.pos += _SCALARS[sub][1] * count
             elif sub == _STRING:
@@ -242,13 +247,7 @@ class _Cursor:
         if vtype == _ARRAY:
             if depth > 2:
                 raise self.fail(f"{what}: arrays nested deeper than 2", "metadata value type")
-            sub = self.u32(f"element type of {what}")
-            if sub not in _MIN_SIZE:
-                raise self.fail(f"{what}: unknown array element type {sub}", "metadata value type")
-            count = self.u64(f"length of {what}")
-            if count * _MIN_SIZE[sub] > self.end - self.pos:
-                raise self.fail(f"{what}: {count} elements cannot fit in the {self.end - self.pos} bytes left",
-                                "header within file")
+            sub, count = self.array_header(what)
             if sub in _NUMPY:
                 size = _SCALARS[sub][1] * count
                 arr = np.frombuffer(self.buf, dtype=self.endian + _NUMPY[sub], count=count, offset=self.pos)
