@@ -103,6 +103,20 @@ static inline AVX2 __m128i ravg_epi8_128(__m128i a, __m128i b) {
     return _mm_xor_si128(_mm_avg_epu8(_mm_xor_si128(a, k80), _mm_xor_si128(b, k80)), k80);
 }
 
+/* The int16 sums of one sub-group to floats: ae/ao hold the even/odd rows 0..15 and be/bo rows 16..31,
+ * two tables per register (one per 128-bit lane).  Add the two lanes, then put even and odd rows back in
+ * order: f[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
+INLINE_FWD AVX2 void sums_to_floats(__m256i ae, __m256i ao, __m256i be, __m256i bo, __m256 f[4]) {
+    const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
+    const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
+    const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
+    const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+}
+
 /* int8 sums of one sub-group for the 32 rows of a block, as 4 float vectors (rows 0-7, ..., 24-31).
  * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group. */
 INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
@@ -129,15 +143,7 @@ INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, _
         be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
         bo = _mm256_add_epi16(bo, _mm256_srai_epi16(b, 8));
     }
-    /* add the two tables' lanes, then put even and odd rows back in order */
-    const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
-    const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
-    const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
-    const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+    sums_to_floats(ae, ao, be, bo, f);
 }
 
 /* Fast aggregation: the same lookups reduced by a tree of rounding-halving averages.  The first level
@@ -294,14 +300,7 @@ INLINE_FWD AVX2 void sums_split(const __m256i *lo, const __m256i *hi, const int8
         be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
         bo = _mm256_add_epi16(bo, _mm256_srai_epi16(b, 8));
     }
-    const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
-    const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
-    const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
-    const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+    sums_to_floats(ae, ao, be, bo, f);
 }
 
 #define ROWS_MAX_KF 32
