@@ -183,6 +183,27 @@ INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m
     f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
 }
 
+/* Float tables (the exact-check mode): the same lookups in float32, 8 rows per vector.  A table's 16 floats
+ * sit in two vectors; vpermps picks from each with the index's low 3 bits and bit 3 (moved to the sign
+ * position) chooses between them.  Each row's sum runs over the tables in order from +0, as in the scalar
+ * statement, so the result is the same bits. */
+INLINE_FWD AVX2 void sums_float(const uint8_t *wv, const float *tv, int64_t n, __m256 f[4]) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < n; ++i) {
+        const __m256 lo = _mm256_loadu_ps(tv + 16 * i), hi = _mm256_loadu_ps(tv + 16 * i + 8);
+        const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wv + 16 * i)));     /* bytes 0-7 */
+        const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wv + 16 * i + 8))); /* bytes 8-15 */
+#define LOOKUP(c) _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, c), _mm256_permutevar8x32_ps(hi, c), \
+                                   _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)))
+        s0 = _mm256_add_ps(s0, LOOKUP(b0));                           /* rows 0-7: low nibbles */
+        s1 = _mm256_add_ps(s1, LOOKUP(b1));                           /* rows 8-15 */
+        s2 = _mm256_add_ps(s2, LOOKUP(_mm256_srli_epi32(b0, 4)));     /* rows 16-23: high nibbles */
+        s3 = _mm256_add_ps(s3, LOOKUP(_mm256_srli_epi32(b1, 4)));     /* rows 24-31 */
+#undef LOOKUP
+    }
+    f[0] = s0, f[1] = s1, f[2] = s2, f[3] = s3;
+}
+
 /* The tile kernel body, inlined per sub-group size so that the table loops unroll (ACTK is a
  * compile-time constant in the specialised copies below; 0 means "use p->actk"). */
 #define INLINE static inline __attribute__((always_inline))
@@ -194,12 +215,15 @@ INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m
 #define SOFF(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? (B * (4 / (BITS ? BITS : 1)) + (q) / (BITS ? BITS : 1)) * blk \
                                                         : (int64_t)(bi[q] >> 1))
 
-INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
-                           float *y, const int64_t ACTK, const int fa, const int BITS) {
+enum { AGG_INT16 = 0, AGG_FAST = 1, AGG_FLOAT = 2 }; /* int8 tables summed in int16; -fa tree; float tables */
+
+INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
+                             float *y, const int64_t ACTK, const int agg, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
     const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
     const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const int8_t *table = (const int8_t *)row->table;
+    const float *ftable = (const float *)row->table;
     const __m256 two = _mm256_set1_ps(2.0f);
     /* Per 8-row block of the tile: offset of its 8 scales within a group's scales, times 2, plus 1 on
      * bit-plane 0.  Precomputed so that no division is left in the loops. */
@@ -225,7 +249,9 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
                 const int64_t sg = ko * nsub + sub;
                 const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
                 __m256 f[4];
-                if (fa)
+                if (agg == AGG_FLOAT)
+                    sums_float(wb + sub * actk * 16, ftable + (ko * kf + sub * actk) * 16, actk, f);
+                else if (agg == AGG_FAST)
                     sums_fa(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
                 else
                     sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
@@ -266,21 +292,21 @@ INLINE AVX2 void tile_int8(const lut_problem *p, const uint8_t *w, const float *
 
 AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                         float *y) {
-    if (p->mode != LUT_INT8) { /* float tables cannot be looked up with pshufb */
-        lut_tile_scalar(p, w, S, row, C, y);
+    if (p->mode == LUT_FLOAT) {
+        tile_kernel(p, w, S, row, C, y, 0, AGG_FLOAT, 0);
         return;
     }
     if (p->fa) {
-        tile_int8(p, w, S, row, C, y, 0, 1, 0);
+        tile_kernel(p, w, S, row, C, y, 0, AGG_FAST, 0);
         return;
     }
     /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32), and the bit widths whose
      * plane pattern is the same in every 32-row block */
 #define BY_BITS(A) switch (p->bits) { \
-    case 1: tile_int8(p, w, S, row, C, y, A, 0, 1); break; \
-    case 2: tile_int8(p, w, S, row, C, y, A, 0, 2); break; \
-    case 4: tile_int8(p, w, S, row, C, y, A, 0, 4); break; \
-    default: tile_int8(p, w, S, row, C, y, A, 0, 0); break; }
+    case 1: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 1); break; \
+    case 2: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 2); break; \
+    case 4: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 4); break; \
+    default: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 0); break; }
     switch (p->actk) {
     case 8: BY_BITS(8) break;
     case 16: BY_BITS(16) break;
@@ -295,7 +321,7 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
  * high nibbles once, then every row of the block looks its tables up with them.  The weight bytes are
  * read once per row block instead of once per row, and the nibble extraction (3 of the 13 vector
  * operations per table pair) is shared.  Each row's integer sums and float operations are those of
- * tile_int8, in the same order, so the outputs are the same bits. */
+ * tile_kernel, in the same order, so the outputs are the same bits. */
 
 /* Sums of one sub-group from pre-split nibbles: lo[i], hi[i] index tables 2i (low lane) and 2i+1. */
 INLINE_FWD AVX2 void sums_split(const __m256i *lo, const __m256i *hi, const int8_t *tv, int64_t n, __m256 f[4]) {

@@ -19,6 +19,8 @@ or "requantize" to re-quantise act-order layers to contiguous groups, reporting 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -112,11 +114,17 @@ class GPTQReader(Reader, name="gptq", priority=10):
         layers: dict[str, _Layer] = {}
         evidence: list[ZeroEvidence] = []
         word_bits = 32
-        for prefix in prefixes:
-            layer, stored, word_bits = self._scan_layer(hf, ckpt, cfg, prefix)
-            layers[prefix] = layer
-            evidence.append(ZeroEvidence.of(layer.name, stored, cfg.bits, word_bits))
-            del stored
+
+        def scan(prefix: str) -> tuple[_Layer, ZeroEvidence, int]:
+            layer, stored, wb = self._scan_layer(hf, ckpt, cfg, prefix)
+            return layer, ZeroEvidence.of(layer.name, stored, cfg.bits, wb), wb
+
+        # every layer's zeros are read before the first tensor is yielded (they decide v1/v2): numpy releases
+        # the GIL in the work, so the layers are scanned on a few threads (the first error, in order, wins)
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tmac-scan") as pool:
+            for prefix, (layer, ev, word_bits) in zip(prefixes, pool.map(scan, prefixes)):
+                layers[prefix] = layer
+                evidence.append(ev)
         fmt, why, warnings = decide_format(cfg, evidence, override)
         notes.append(f"GPTQ zero convention {fmt}: {why}")
         notes += [f"warning: {w}" for w in warnings]
@@ -244,10 +252,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
         s = ckpt.get_float(sc.name)
         if not np.all(np.isfinite(s)):
             raise TmacError("scales contain NaN or infinity", file=str(sc.file), tensor=sc.name, rule="finite scales")
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
-            zps = {f: _zero_offsets(stored, s, b, f) for f in ("v1", "v2")}
-        layer.zp_zero = {f: not np.any(z) for f, z in zps.items()}
-        layer.zp_finite = {f: bool(np.all(np.isfinite(z))) for f, z in zps.items()}
+        layer.zp_zero, layer.zp_finite = _zero_offset_facts(stored, s, b)
         return layer, stored, word_bits
 
     def _order(self, hf: HFModel, ckpt: SafetensorsCheckpoint, layers: dict[str, _Layer]) -> list[tuple[str, str]]:
@@ -355,6 +360,35 @@ class GPTQReader(Reader, name="gptq", priority=10):
         zeros = plan.hf.permute(lay.name, qt.zeros)
         return QuantTensor(lay.name, codes, scales, zeros, bits=b, group_size=lay.group_size,
                            meta={"source": lay.prefix, "requantized": stats, "note": note})
+
+
+def _zero_offset_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Under each convention (``"v1"``, ``"v2"``): is every ``z' = (z - 2**(b-1)) * s`` exactly 0, and is every
+    one finite in the scales' dtype?  Decided without computing ``z'`` (the same answers as
+    :func:`_zero_offsets`, for finite ``s``):
+
+    * zero: ``z - 2**(b-1)`` is an integer, so a non-zero one times a non-zero ``s`` is at least ``|s|`` in
+      magnitude, which rounds to a non-zero value of ``s``'s own dtype: ``z' == 0`` iff ``z == 2**(b-1)`` or
+      ``s == 0``;
+    * finite: ``|z - 2**(b-1)| <= 2**(b-1)`` under both conventions and rounding is monotonic, so when
+      ``max|s|·2**(b-1)`` is finite in the dtype every ``z'`` is; only otherwise is ``z'`` computed.
+    """
+    half = 1 << (bits - 1)
+    s_zero = s == 0
+    any_s_zero = bool(s_zero.any())
+    zero: dict[str, bool] = {}
+    finite: dict[str, bool] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound_ok = bool(np.isfinite(s.dtype.type(np.max(np.abs(s), initial=0) * s.dtype.type(half))))
+    for fmt, at in (("v1", half - 1), ("v2", half)):  # the stored value whose z is 2**(b-1)
+        eq = stored == at
+        zero[fmt] = bool(eq.all()) or (any_s_zero and bool((eq | s_zero).all()))
+        if bound_ok:
+            finite[fmt] = True
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
+                finite[fmt] = bool(np.all(np.isfinite(_zero_offsets(stored, s, bits, fmt))))
+    return zero, finite
 
 
 def _zero_offsets(stored: np.ndarray, s: np.ndarray, bits: int, fmt: str) -> np.ndarray:

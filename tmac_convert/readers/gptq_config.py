@@ -162,7 +162,8 @@ class ZeroEvidence:
             per_word = word_bits // bits
             w = is_max.reshape(stored.shape[0], -1, per_word)
             pattern = bool(np.array_equal(np.maximum.accumulate(w, axis=-1), w))
-        return cls(tensor, frozenset(int(v) for v in np.unique(stored)), n_max, pattern)
+        counts = np.bincount(stored.reshape(-1), minlength=maxq + 1)  # stored is uint8: a count per value
+        return cls(tensor, frozenset(int(v) for v in np.flatnonzero(counts)), n_max, pattern)
 
 
 def decide_format(cfg: GPTQConfig, evidence: list[ZeroEvidence], override: str | None
