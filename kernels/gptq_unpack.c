@@ -89,6 +89,80 @@ static void unpack_cols(const uint8_t *q, uint8_t *out, int64_t R, int64_t M0, i
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * AVX2, 2- and 4-bit fields in 32-bit words (what GPTQ writers store): 16 columns per pass, two 32-byte
+ * loads per word row; the fields of each byte are split by shifts and masks and put back in stream order
+ * by byte and word interleaves, so each word's codes leave as one store.  Chosen at run time; the same
+ * bytes as the table path above (tests/test_gptq_bits.py compares them). */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define GPTQ_HAVE_AVX2 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2")))
+
+static int have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+/* 8 words (4 per 128-bit lane) of 2-bit fields -> 8 runs of 16 codes, word i's run stored at o[i]. */
+static inline AVX2 void b2_words(__m256i v, uint8_t *const o[8]) {
+    const __m256i m = _mm256_set1_epi8(0x03);
+    const __m256i t0 = _mm256_and_si256(v, m), t1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), m);
+    const __m256i t2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m), t3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m);
+    const __m256i a = _mm256_unpacklo_epi8(t0, t1), b = _mm256_unpacklo_epi8(t2, t3);   /* bytes 0-7: words 0, 1 */
+    const __m256i c = _mm256_unpackhi_epi8(t0, t1), d = _mm256_unpackhi_epi8(t2, t3);   /* bytes 8-15: words 2, 3 */
+    const __m256i w0 = _mm256_unpacklo_epi16(a, b), w1 = _mm256_unpackhi_epi16(a, b);
+    const __m256i w2 = _mm256_unpacklo_epi16(c, d), w3 = _mm256_unpackhi_epi16(c, d);
+    _mm_storeu_si128((__m128i *)o[0], _mm256_castsi256_si128(w0));
+    _mm_storeu_si128((__m128i *)o[1], _mm256_castsi256_si128(w1));
+    _mm_storeu_si128((__m128i *)o[2], _mm256_castsi256_si128(w2));
+    _mm_storeu_si128((__m128i *)o[3], _mm256_castsi256_si128(w3));
+    _mm_storeu_si128((__m128i *)o[4], _mm256_extracti128_si256(w0, 1));
+    _mm_storeu_si128((__m128i *)o[5], _mm256_extracti128_si256(w1, 1));
+    _mm_storeu_si128((__m128i *)o[6], _mm256_extracti128_si256(w2, 1));
+    _mm_storeu_si128((__m128i *)o[7], _mm256_extracti128_si256(w3, 1));
+}
+
+/* 8 words of 4-bit fields -> 8 runs of 8 codes. */
+static inline AVX2 void b4_words(__m256i v, uint8_t *const o[8]) {
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i t0 = _mm256_and_si256(v, m), t1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+    const __m256i a = _mm256_unpacklo_epi8(t0, t1), c = _mm256_unpackhi_epi8(t0, t1); /* words 0,1 | 2,3 */
+    const __m128i a0 = _mm256_castsi256_si128(a), a1 = _mm256_extracti128_si256(a, 1);
+    const __m128i c0 = _mm256_castsi256_si128(c), c1 = _mm256_extracti128_si256(c, 1);
+    _mm_storel_epi64((__m128i *)o[0], a0);
+    _mm_storel_pd((double *)o[1], _mm_castsi128_pd(_mm_unpackhi_epi64(a0, a0)));
+    _mm_storel_epi64((__m128i *)o[2], c0);
+    _mm_storel_pd((double *)o[3], _mm_castsi128_pd(_mm_unpackhi_epi64(c0, c0)));
+    _mm_storel_epi64((__m128i *)o[4], a1);
+    _mm_storel_pd((double *)o[5], _mm_castsi128_pd(_mm_unpackhi_epi64(a1, a1)));
+    _mm_storel_epi64((__m128i *)o[6], c1);
+    _mm_storel_pd((double *)o[7], _mm_castsi128_pd(_mm_unpackhi_epi64(c1, c1)));
+}
+
+/* Columns [c0, c1) of 32-bit words, bits 2 or 4; returns the first column left to the table path. */
+static AVX2 int64_t unpack_w32_avx2(const uint8_t *q, uint8_t *out, int64_t R, int64_t M0, int bits, int64_t c0,
+                                    int64_t c1) {
+    const int64_t per = 32 / bits, K = R * per;
+    int64_t cb = c0;
+    for (; cb + CBLK <= c1; cb += CBLK) {
+        for (int64_t r = 0; r < R; ++r) {
+            const uint8_t *row = q + (r * M0 + cb) * 4;
+            for (int h = 0; h < CBLK; h += 8) {
+                uint8_t *o[8];
+                for (int i = 0; i < 8; ++i) o[i] = out + (cb + h + i) * K + r * per;
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(row + 4 * h));
+                if (bits == 2)
+                    b2_words(v, o);
+                else
+                    b4_words(v, o);
+            }
+        }
+    }
+    return cb;
+}
+#endif
+
 static PyObject *py_unpack_qweight(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     long long R, M0, c0, c1;
@@ -105,7 +179,13 @@ static PyObject *py_unpack_qweight(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    if (bits == 1)
+#ifdef GPTQ_HAVE_AVX2
+    if (wbytes == 4 && (bits == 2 || bits == 4) && have_avx2())
+        c0 = unpack_w32_avx2((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, bits, c0, c1);
+#endif
+    if (c0 == c1)
+        ;
+    else if (bits == 1)
         unpack_cols_b1((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, wbytes, c0, c1);
     else if (bits == 2)
         unpack_cols_b2((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, wbytes, c0, c1);
