@@ -33,7 +33,7 @@ from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
-from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
+from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files
 from ..archs.naming import is_projection
 from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint
@@ -279,7 +279,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
             items.append((name, "f", n))
         if dropped:
             self._dropped_bias = dropped
-        items.sort(key=lambda t: natural_key(t[0]))
+        items.sort(key=lambda t: file_order_key(t[0]))
         return [(kind, ref) for _, kind, ref in items]
 
     # ------------------------------------------------------------------ iterate

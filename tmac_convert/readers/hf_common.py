@@ -70,6 +70,15 @@ def natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def file_order_key(name: str) -> tuple[int, list[Any]]:
+    """The order of GGUF tensors in an output converted from an HF checkpoint: the model-level tensors
+    (``token_embd``, ``output``, ``output_norm``) first, then the blocks, each in :func:`natural_key` order.
+    The embedding and output matrices are the largest tensors and usually pass through unchanged, copied file
+    to file on a background thread: first in the file, their copies overlap the blocks' conversion instead
+    of running after it.  (llama.cpp finds tensors by name; the order is free.)"""
+    return (1 if name.startswith("blk.") else 0, natural_key(name))
+
+
 @dataclass
 class HFModel:
     """Folder-level facts of an HF checkpoint and per-tensor naming/shape rules derived from them."""

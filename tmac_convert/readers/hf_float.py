@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 from ..errors import TmacError
 from ..format.rules import bits_supported
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
-from .hf_common import HFModel, model_folder, natural_key, tokenizer_files
+from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files
 from ..archs.naming import is_projection
 from ..quantize import quantize_rtn
 from .safetensors_io import FLOAT_DTYPES, SafetensorsCheckpoint, checkpoint_files
@@ -101,7 +101,7 @@ class HFFloatReader(Reader, name="hf-float", priority=90):
         if not any(q for _, _, q in items) and self.options.get("quantize", True):
             raise TmacError("no attention/MLP projection matrices found to quantise", file=str(ckpt.files[0]),
                             rule="quantisable tensors")
-        items.sort(key=lambda t: natural_key(t[0]))
+        items.sort(key=lambda t: file_order_key(t[0]))
         self._hf, self._ckpt, self._items = hf, ckpt, items
         self._settings_ = (bits, gs, zp)
         dtypes = sorted({ckpt.entry(n).dtype for _, n, _ in items})

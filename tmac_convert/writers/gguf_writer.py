@@ -29,6 +29,7 @@ from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.tensor import FileSpan
 from .copy import BackgroundCopies
+from .writeback import Writeback
 from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
 from ..archs import architecture_for
@@ -57,6 +58,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         self.w: gguf.GGUFWriter | None = None
         self._next = 0
         self.copies = BackgroundCopies()
+        self.writeback: Writeback | None = None
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -108,6 +110,9 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         self.w.write_header_to_file(Path(path))
         self.w.write_kv_data_to_file()
         self.w.write_ti_data_to_file()
+        fouts = getattr(self.w, "fout", None)
+        if isinstance(fouts, list) and len(fouts) == 1:
+            self.writeback = Writeback(fouts[0].fileno())
 
     def write(self, entry: TensorPlan, data: np.ndarray, verification: Any = None) -> None:
         assert self.w is not None
@@ -122,6 +127,8 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             _copy_tensor_data(self.w, data, entry.name, self.copies)
         else:
             _write_tensor_data(self.w, np.ascontiguousarray(data))
+        if self.writeback is not None:
+            self.writeback.wrote(entry.nbytes)
         self._next += 1
 
     def close(self) -> None:
@@ -131,10 +138,14 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
             raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
                             tensor=missing, rule="every planned tensor written")
         self.copies.wait()
+        if self.writeback is not None:
+            self.writeback.finish()
         self.w.close()
 
     def abort(self) -> None:
         self.copies.cancel()
+        if self.writeback is not None:
+            self.writeback.stop()
         if self.w is not None:
             self.w.close()
 
