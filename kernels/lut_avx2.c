@@ -323,21 +323,31 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
  * operations per table pair) is shared.  Each row's integer sums and float operations are those of
  * tile_kernel, in the same order, so the outputs are the same bits. */
 
-/* Sums of one sub-group from pre-split nibbles: lo[i], hi[i] index tables 2i (low lane) and 2i+1. */
-INLINE_FWD AVX2 void sums_split(const __m256i *lo, const __m256i *hi, const int8_t *tv, int64_t n, __m256 f[4]) {
+/* Sums of one sub-group from pre-split indices: idx[i] holds table i's low nibbles (rows 0..15) in the low
+ * lane and its high nibbles (rows 16..31) in the high lane, so one lookup in table i broadcast to both lanes
+ * gives all 32 rows, and the int16 sums need no lane addition at the end (the GEMV kernel, which splits
+ * each weight vector once, keeps two tables per register instead).  Two accumulator pairs halve the add
+ * chains. */
+INLINE_FWD AVX2 void sums_bcast(const __m256i *idx, const int8_t *tv, int64_t n, __m256 f[4]) {
     const __m256i even = _mm256_set1_epi16(0x0001); /* widening as in sums_int8 */
-    __m256i ae = _mm256_setzero_si256(), ao = ae, be = ae, bo = ae;
+    __m256i e0 = _mm256_setzero_si256(), o0 = e0, e1 = e0, o1 = e0;
 #pragma GCC unroll 4
-    for (int64_t i = 0; i < n / 2; ++i) {
-        const __m256i T = _mm256_loadu_si256((const __m256i *)(tv + 32 * i));
-        const __m256i a = _mm256_shuffle_epi8(T, _mm256_load_si256(lo + i));
-        const __m256i b = _mm256_shuffle_epi8(T, _mm256_load_si256(hi + i));
-        ae = _mm256_add_epi16(ae, _mm256_maddubs_epi16(even, a));
-        ao = _mm256_add_epi16(ao, _mm256_srai_epi16(a, 8));
-        be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
-        bo = _mm256_add_epi16(bo, _mm256_srai_epi16(b, 8));
+    for (int64_t i = 0; i + 1 < n; i += 2) {
+        const __m256i a = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i))),
+                                              _mm256_load_si256(idx + i));
+        const __m256i b = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i + 16))), _mm256_load_si256(idx + i + 1));
+        e0 = _mm256_add_epi16(e0, _mm256_maddubs_epi16(even, a));
+        o0 = _mm256_add_epi16(o0, _mm256_srai_epi16(a, 8));
+        e1 = _mm256_add_epi16(e1, _mm256_maddubs_epi16(even, b));
+        o1 = _mm256_add_epi16(o1, _mm256_srai_epi16(b, 8));
     }
-    sums_to_floats(ae, ao, be, bo, f);
+    const __m256i ev = _mm256_add_epi16(e0, e1), od = _mm256_add_epi16(o0, o1);
+    const __m256i lo = _mm256_unpacklo_epi16(ev, od), hi = _mm256_unpackhi_epi16(ev, od); /* rows 0-7|16-23, 8-15|24-31 */
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)));
 }
 
 #define ROWS_MAX_KF 32
@@ -349,7 +359,7 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
     const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const __m256 two = _mm256_set1_ps(2.0f);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i lo[ROWS_MAX_KF / 2], hi[ROWS_MAX_KF / 2];
+    __m256i idx[ROWS_MAX_KF];
     int32_t *info = (int32_t *)(C + nrows * bm);
     for (int64_t ib = 0; ib < bm / 8; ++ib) info[ib] = (int32_t)((ib / b) * blk * 2 + (ib % b == 0));
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
@@ -361,10 +371,11 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
         for (int64_t B = 0; B < nB; ++B) {
             const int32_t *bi = info + 4 * B;
             const uint8_t *wb = wk + B * kf * 16;
-            for (int64_t i = 0; i < kf / 2; ++i) {
+            for (int64_t i = 0; i < kf / 2; ++i) { /* tables 2i, 2i+1: low nibbles | high nibbles, per table */
                 const __m256i W = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
-                lo[i] = _mm256_and_si256(W, m4);
-                hi[i] = _mm256_and_si256(_mm256_srli_epi16(W, 4), m4);
+                const __m256i lo = _mm256_and_si256(W, m4), hi = _mm256_and_si256(_mm256_srli_epi16(W, 4), m4);
+                idx[2 * i] = _mm256_permute2x128_si256(lo, hi, 0x20);
+                idx[2 * i + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
             }
             for (int64_t r = 0; r < nrows; ++r) {
                 const lut_row *row = rows + r;
@@ -374,7 +385,7 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
                     const int64_t sg = ko * nsub + sub;
                     const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
                     __m256 f[4];
-                    sums_split(lo + sub * actk / 2, hi + sub * actk / 2, tk + sub * actk * 16, actk, f);
+                    sums_bcast(idx + sub * actk, tk + sub * actk * 16, actk, f);
                     for (int q = 0; q < 4; ++q) {
                         __m256 v = _mm256_mul_ps(f[q], vs);
                         if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(row->vbias[sg]));
