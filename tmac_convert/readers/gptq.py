@@ -31,6 +31,7 @@ from ..errors import TmacError
 from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
+from .buffer_pool import BufferPool
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files
@@ -185,6 +186,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
                             config=hf.config, quantization=quant, tokenizer_files=tokenizer_files(hf.folder),
                             notes=notes, _reader=self)
         self._plan = _Plan(hf, ckpt, cfg, fmt, drop_zeros, layers, order)
+        self._pool = BufferPool()
         return model
 
     def _scan_layer(self, hf: HFModel, ckpt: SafetensorsCheckpoint, cfg: GPTQConfig, prefix: str
@@ -324,7 +326,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
         b = plan.cfg.bits
         ck = plan.ckpt
         f = str(ck.entry(lay.prefix + ".qweight").file)
-        codes = unpack_qweight(ck.get(lay.prefix + ".qweight"), b)  # [M0, K]
+        codes = unpack_qweight(ck.get_mapped(lay.prefix + ".qweight"), b, self._pool)  # [M0, K]
         stored = unpack_qzeros(ck.get(lay.prefix + ".qzeros"), b)  # [G, M0]
         s = ck.get_float(lay.prefix + ".scales")  # [G, M0]
         if codes.shape != (lay.m0, lay.k) or stored.shape != (lay.groups, lay.m0) or s.shape != (lay.groups, lay.m0):

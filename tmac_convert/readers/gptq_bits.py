@@ -24,6 +24,7 @@ from math import lcm
 import numpy as np
 
 from ..errors import TmacError
+from .buffer_pool import BufferPool
 from ..format.rules import bits_supported
 
 try:
@@ -170,10 +171,11 @@ def pack_fields(values: np.ndarray, bits: int, axis: int = 0,
     return np.moveaxis(_pack_last(last, bits, wdt), -1, axis)
 
 
-def unpack_qweight(qweight: np.ndarray, bits: int) -> np.ndarray:
+def unpack_qweight(qweight: np.ndarray, bits: int, pool: BufferPool | None = None) -> np.ndarray:
     """GPTQ ``qweight`` ``[K*b/W, M0]`` -> codes uint8 ``[M0, K]`` (C-contiguous).
 
     The native module unpacks and transposes in one pass; :func:`unpack_fields` is the numpy path.
+    ``pool``: where the codes array comes from (a reused buffer when one is idle).
     """
     qweight = np.asarray(qweight)
     if _native is None or qweight.ndim != 2 or sys.byteorder != "little":
@@ -185,7 +187,8 @@ def unpack_qweight(qweight: np.ndarray, bits: int) -> np.ndarray:
     if r % period(bits, wb)[0]:
         return unpack_fields(qweight.T, bits, axis=1)  # raises the packed-length error
     q = np.ascontiguousarray(qweight)
-    out = np.empty((m0, r * wb // bits), dtype=np.uint8)
+    shape = (m0, r * wb // bits)
+    out = pool.empty(shape) if pool is not None else np.empty(shape, dtype=np.uint8)
     _native.unpack_qweight(q, out, r, m0, q.dtype.itemsize, bits, 0, m0)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,23 @@ class SafetensorsCheckpoint:
             raise TmacError(f"tensor data is truncated ({out.size} of {count} values)", file=str(e.file),
                             tensor=name, rule="safetensors format")
         return out.reshape(e.shape)
+
+    def get_mapped(self, name: str) -> np.ndarray:
+        """:meth:`get` as a read-only memory map, for a tensor that is read once by native code (GPTQ words):
+        no copy into a fresh array.  The map is released when the array is dropped.  BF16 and empty
+        tensors come from :meth:`get`."""
+        e = self.entry(name)
+        if e.dtype == "BF16" or e.nbytes == 0:
+            return self.get(name)
+        try:
+            size = os.stat(e.file).st_size
+        except OSError as ex:
+            raise TmacError(f"cannot read tensor data: {ex}", file=str(e.file), tensor=name,
+                            rule="safetensors format") from None
+        if e.start + e.nbytes > size:  # the file shrank since its header was read: a map would fault
+            raise TmacError(f"tensor data is truncated (the file is {size} bytes, the tensor ends at "
+                            f"{e.start + e.nbytes})", file=str(e.file), tensor=name, rule="safetensors format")
+        return np.memmap(e.file, dtype=DTYPES[e.dtype][0], mode="r", offset=e.start, shape=tuple(e.shape))
 
     def span(self, name: str) -> FileSpan | None:
         """Where an F16/F32 tensor's bytes lie (stored little-endian, C order: exactly what GGUF stores), else None."""
