@@ -136,7 +136,8 @@ def activations(k: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, np.ldexp(a.astype(np.float32), -_X_SHIFT)
 
 
-def reference_output(qt: QuantTensor, a: np.ndarray, threads: int | None = None) -> np.ndarray:
+def reference_output(qt: QuantTensor, a: np.ndarray, threads: int | None = None, *,
+                     s64: np.ndarray | None = None, z64: np.ndarray | None = None) -> np.ndarray:
     """float64 ``[N, M0]``: the source's weights times ``x = a·2^-10``, from codes, scales and zeros only.
 
     Per group ``g``: ``s·(P − 2^(b−1)·A) − z'·A`` with exact integer ``P = sum codes·a`` and ``A = sum a``,
@@ -150,8 +151,8 @@ def reference_output(qt: QuantTensor, a: np.ndarray, threads: int | None = None)
     h = float(1 << (qt.bits - 1))
     a = np.ascontiguousarray(a, dtype=np.int16)
     sums = a.astype(np.int64).reshape(n, g, gs).sum(axis=2).T.astype(np.float64)            # [G, N]
-    s = _scales64(qt)
-    z = None if qt.zeros is None else np.ascontiguousarray(qt.zeros, dtype=np.float64)
+    s = _scales64(qt) if s64 is None else s64
+    z = None if qt.zeros is None else np.ascontiguousarray(qt.zeros, dtype=np.float64) if z64 is None else z64
     y = np.empty((n, m0), dtype=np.float64)
     native = _native.native
     if native is not None:
@@ -178,15 +179,16 @@ def _scales64(qt: QuantTensor) -> np.ndarray:
     return np.ascontiguousarray(qt.scales, dtype=np.float64)
 
 
-def magnitude(qt: QuantTensor, x: np.ndarray) -> np.ndarray:
+def magnitude(qt: QuantTensor, x: np.ndarray, *, s64: np.ndarray | None = None,
+              z64: np.ndarray | None = None) -> np.ndarray:
     """float64 ``[N, M0]``: ``sum_g X[n,g]·(|s[m,g]|·2^(b−1) + |z'[m,g]|)``, a bound on every partial sum of
     output ``(n, m)`` in the kernel (see the module docstring)."""
     m0, k = qt.shape
     gs = k if qt.per_tensor_scale else qt.group_size
     xa = np.abs(x.astype(np.float64)).reshape(x.shape[0], k // gs, gs).sum(axis=2)          # [N, G]
-    w = np.abs(_scales64(qt)) * float(1 << (qt.bits - 1))
+    w = np.abs(_scales64(qt) if s64 is None else s64) * float(1 << (qt.bits - 1))
     if qt.zeros is not None:
-        w = w + np.abs(np.asarray(qt.zeros, dtype=np.float64))
+        w = w + np.abs(np.asarray(qt.zeros, dtype=np.float64) if z64 is None else z64)
     return xa @ w.T
 
 
@@ -346,10 +348,12 @@ def verify_tensor(qt: QuantTensor, blob: np.ndarray, *, bm: int, kfactor: int, a
 
     e = max(1, min(rows, int(exact_rows)))
     y_float, y_int8 = run("float", x[:e]), run("int8", x)
-    ref = reference_output(qt, a, threads)
+    s64 = _scales64(qt)  # float64 scales and zeros, converted once for the reference and the bounds
+    z64 = None if qt.zeros is None else np.ascontiguousarray(qt.zeros, dtype=np.float64)
+    ref = reference_output(qt, a, threads, s64=s64, z64=z64)
     finite = bool(np.isfinite(y_float).all() and np.isfinite(y_int8).all())
 
-    mag = magnitude(qt, x)
+    mag = magnitude(qt, x, s64=s64, z64=z64)
     limit = exact_limit(k, qt.bits, kfactor, ags, qt.zeros is not None)
     with np.errstate(invalid="ignore", over="ignore"):
         err_f = y_float - ref[:e]
@@ -359,7 +363,7 @@ def verify_tensor(qt: QuantTensor, blob: np.ndarray, *, bm: int, kfactor: int, a
         sq_f = float(np.sum(err_f * err_f)) if finite else float("inf")
     energy = float(np.sum(ref * ref))
     normaliser, denom = "output", energy
-    scale_energy = _scale_energy(qt, x)
+    scale_energy = _scale_energy(qt, x, s64)
     if energy <= 1e-12 * scale_energy:
         normaliser, denom = "scale", scale_energy
 
@@ -404,14 +408,15 @@ def _rows(qt: QuantTensor, rows: np.ndarray) -> QuantTensor:
                        None if qt.zeros is None else qt.zeros[rows], bits=qt.bits, group_size=qt.group_size)
 
 
-def _scale_energy(qt: QuantTensor, x: np.ndarray) -> float:
+def _scale_energy(qt: QuantTensor, x: np.ndarray, s64: np.ndarray | None = None) -> float:
     """``sum_n sum_m sum_g s[m,g]²·sum_{k in g} x[n,k]²``: the output energy of weights of the tensor's scale."""
     k = qt.shape[1]
     gs = k if qt.per_tensor_scale else qt.group_size
     xsq = (x.astype(np.float64) ** 2).reshape(x.shape[0], k // gs, gs).sum(axis=2)          # [N, G]
-    s2 = qt.scales.astype(np.float64) ** 2
     if qt.per_tensor_scale:
+        s2 = qt.scales.astype(np.float64) ** 2
         return float(s2.reshape(-1)[0] * qt.shape[0] * xsq.sum())
+    s2 = (qt.scales.astype(np.float64) if s64 is None else s64) ** 2
     return float(np.sum(s2.sum(axis=0) * xsq))
 
 
