@@ -70,9 +70,10 @@ void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *s, con
 /* Several activation rows through one tile (the GEMM): rows[r] as in lut_tile_*, row r's outputs at
  * y + r*ldy; C is (nrows + 1)*bm floats of scratch.  Gives exactly what nrows calls of the one-row
  * function give (every output's float operations are the same); the SIMD versions read each weight
- * vector once for all the rows.  nrows is at most LUT_ROW_BLOCK: 16 measured best on the EPYC (GEMM
- * 4096x14336, N=256, 1 thread: 4 -> 402 ms, 8 -> 420, 16 -> 341-353, 32 -> 441: its 16 KiB of C stays in L1). */
-#define LUT_ROW_BLOCK 16
+ * vector once for all the rows.  nrows is at most LUT_ROW_BLOCK.  Measured on the EPYC (GEMM 4096x14336, N=256,
+ * 1 thread, interleaved builds): with the per-table index kernel 8 and 16 rows are within noise (322-351 ms), so 8
+ * keeps a row block's tables (8 x K bytes) in the L2. */
+#define LUT_ROW_BLOCK 8
 typedef void (*lut_tile_rows_fn)(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
                                  int64_t nrows, float *C, float *y, int64_t ldy);
 void lut_tile_rows_scalar(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
