@@ -258,7 +258,8 @@ class GPTQReader(Reader, name="gptq", priority=10):
         return layer, stored, word_bits
 
     def _order(self, hf: HFModel, ckpt: SafetensorsCheckpoint, layers: dict[str, _Layer]) -> list[tuple[str, str]]:
-        """What ``tensors()`` yields, sorted by GGUF name: quantised layers and pass-through tensors."""
+        """What ``tensors()`` yields, in file order (:func:`~.hf_common.file_order_key`): quantised layers and
+        pass-through tensors."""
         owned = set()
         items: list[tuple[str, str, str]] = []
         for prefix, layer in layers.items():
