@@ -183,9 +183,7 @@ static PyObject *py_unpack_qweight(PyObject *self, PyObject *args) {
     if (wbytes == 4 && (bits == 2 || bits == 4) && have_avx2())
         c0 = unpack_w32_avx2((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, bits, c0, c1);
 #endif
-    if (c0 == c1)
-        ;
-    else if (bits == 1)
+    if (bits == 1) /* the columns the AVX2 path left, if any (none: the loops below do nothing) */
         unpack_cols_b1((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, wbytes, c0, c1);
     else if (bits == 2)
         unpack_cols_b2((const uint8_t *)src.buf, (uint8_t *)dst.buf, R, M0, wbytes, c0, c1);
