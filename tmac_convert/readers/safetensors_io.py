@@ -230,7 +230,7 @@ class SafetensorsCheckpoint:
         if e.start + e.nbytes > size:  # the file shrank since its header was read: a map would fault
             raise TmacError(f"tensor data is truncated (the file is {size} bytes, the tensor ends at "
                             f"{e.start + e.nbytes})", file=str(e.file), tensor=name, rule="safetensors format")
-        return np.memmap(e.file, dtype=DTYPES[e.dtype][0], mode="r", offset=e.start, shape=tuple(e.shape))
+        return FileSpan(e.file, e.start, e.nbytes, DTYPES[e.dtype][0].str).array(tuple(e.shape))
 
     def span(self, name: str) -> FileSpan | None:
         """Where an F16/F32 tensor's bytes lie (stored little-endian, C order: exactly what GGUF stores), else None."""
