@@ -19,7 +19,6 @@ or "requantize" to re-quantise act-order layers to contiguous groups, reporting 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import TmacError
+from ..parallel import cpu_count
 from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
@@ -122,7 +122,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
 
         # every layer's zeros are read before the first tensor is yielded (they decide v1/v2): numpy releases
         # the GIL in the work, so the layers are scanned on a few threads (the first error, in order, wins)
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tmac-scan") as pool:
+        with ThreadPoolExecutor(min(4, cpu_count()), thread_name_prefix="tmac-scan") as pool:
             for prefix, (layer, ev, word_bits) in zip(prefixes, pool.map(scan, prefixes)):
                 layers[prefix] = layer
                 evidence.append(ev)
