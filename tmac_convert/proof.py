@@ -189,7 +189,7 @@ def magnitude(qt: QuantTensor, x: np.ndarray, *, s64: np.ndarray | None = None,
     w = np.abs(_scales64(qt) if s64 is None else s64) * float(1 << (qt.bits - 1))
     if qt.zeros is not None:
         w = w + np.abs(np.asarray(qt.zeros, dtype=np.float64) if z64 is None else z64)
-    return xa @ w.T
+    return np.einsum("ng,mg->nm", xa, w)
 
 
 def exact_limit(k: int, bits: int, kfactor: int, act_group_size: int, zero_point: bool) -> float:
@@ -264,7 +264,7 @@ def expected_int8_sse(qt: QuantTensor, x: np.ndarray, act_group_size: int,
     w = plane_weights(qt, planes)
     ls = lut_scales(x, act_group_size)                                                         # [N, K/ags]
     per_table = np.repeat(ls ** 2, act_group_size // 4, axis=1)                                # [N, K/4]
-    return float(np.sum(per_table @ w) / 12.0)
+    return float(np.einsum("nj,j->", per_table, w) / 12.0)
 
 
 def table_errors(x: np.ndarray, act_group_size: int) -> np.ndarray:
@@ -274,7 +274,7 @@ def table_errors(x: np.ndarray, act_group_size: int) -> np.ndarray:
     n, k = x.shape
     x4 = x.astype(np.float64).reshape(n, k // 4, 4)
     sign = 2.0 * ((np.arange(16)[:, None] >> np.arange(4)[None, :]) & 1) - 1.0              # [16, 4]
-    lut = x4 @ sign.T                                                                         # [N, K/4, 16]
+    lut = np.einsum("njt,ct->njc", x4, sign)                                                 # [N, K/4, 16]
     scale = lut_scales(x, act_group_size).astype(np.float32)                                  # [N, K/ags]
     with np.errstate(divide="ignore", over="ignore"):
         rscale = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
