@@ -531,36 +531,85 @@ static inline AVX2 int64_t hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si64(u) + _mm_extract_epi64(u, 1);
 }
 
+/* Four int32 vectors reduced at once: lane i of the result is the sum of v[i]'s eight lanes.  Exact while
+   every sum stays below 2^31 (the caller's limit on the group size). */
+static inline AVX2 __m128i hsum4_epi32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Group sums of codes times activation rows, exact in int32 lanes: the caller keeps every group at most
+   REF_GROUP_MAX codes, so neither a lane nor a reduced sum can overflow. */
+#define REF_NB 4
+#define REF_GROUP_MAX 4096 /* 4096 codes < 16 times any int16 (|a| <= 2^15): below 2^31 */
+
+/* `ng` consecutive groups times `nj` activation rows (ng*nj == 4), reduced together: dot[g*REF_NB + j]. */
+static inline __attribute__((always_inline)) AVX2 void ref_four(const uint8_t *c, const int16_t *a, int64_t k,
+                                                                int64_t gs, const int ng, const int nj, int64_t *dot) {
+    __m256i v[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int g = 0; g < ng; ++g)
+        for (int64_t i = 0; i < gs; i += 16) {
+            const __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + g * gs + i)));
+            for (int j = 0; j < nj; ++j)
+                v[g * nj + j] = _mm256_add_epi32(v[g * nj + j], _mm256_madd_epi16(
+                                                     cw, _mm256_loadu_si256((const __m256i *)(a + j * k + g * gs + i))));
+        }
+    int32_t t[4];
+    _mm_storeu_si128((__m128i *)t, hsum4_epi32(v[0], v[1], v[2], v[3]));
+    for (int g = 0; g < ng; ++g)
+        for (int j = 0; j < nj; ++j) dot[g * REF_NB + j] = t[g * nj + j];
+}
+
 AVX2 void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
                         double h, const double *s, const double *z, const double *A, double *y, int64_t ldy) {
-    enum { NB = 4, FLUSH = 1024 };
+    enum { NB = REF_NB, FLUSH = 1024, GC = 64 };
     const int64_t G = k / gs;
+    /* Groups of whole 16-code steps whose int32 sums cannot overflow: the sums of four (group, row) pairs
+       are reduced together with phaddd instead of one widening reduction each. */
+    const int batched = gs % 16 == 0 && gs <= REF_GROUP_MAX;
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t j0 = 0; j0 < n; j0 += NB) {
             const int64_t nj = n - j0 < NB ? n - j0 : NB;
             double acc[NB] = {0.0, 0.0, 0.0, 0.0};
-            for (int64_t g = 0; g < G; ++g) {
-                const uint8_t *c = codes + r * k + g * gs;
-                int64_t dot[NB] = {0, 0, 0, 0};
-                int64_t i = 0;
-                while (i + 16 <= gs) {
-                    __m256i v[NB] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                                     _mm256_setzero_si256()};
-                    for (int64_t steps = 0; steps < FLUSH && i + 16 <= gs; ++steps, i += 16) {
-                        const __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + i)));
-                        for (int64_t jj = 0; jj < nj; ++jj)
-                            v[jj] = _mm256_add_epi32(v[jj], _mm256_madd_epi16(cw, _mm256_loadu_si256(
-                                                                 (const __m256i *)(a + (j0 + jj) * k + g * gs + i))));
+            for (int64_t g0 = 0; g0 < G; g0 += GC) {
+                const int64_t gn = G - g0 < GC ? G - g0 : GC;
+                int64_t dot[GC * NB];
+                if (batched && (nj == 1 || nj == 2 || nj == 4) && gn % (4 / nj) == 0) {
+                    const uint8_t *c = codes + r * k + g0 * gs;
+                    const int16_t *aj = a + j0 * k + g0 * gs;
+                    const int ng = 4 / (int)nj;
+                    for (int64_t g = 0; g < gn; g += ng) {
+                        if (nj == 4) ref_four(c + g * gs, aj + g * gs, k, gs, 1, 4, dot + g * NB);
+                        else if (nj == 2) ref_four(c + g * gs, aj + g * gs, k, gs, 2, 2, dot + g * NB);
+                        else ref_four(c + g * gs, aj + g * gs, k, gs, 4, 1, dot + g * NB);
                     }
-                    for (int64_t jj = 0; jj < nj; ++jj) dot[jj] += hsum_epi32(v[jj]);
+                } else {
+                    for (int64_t g = 0; g < gn; ++g) {
+                        const uint8_t *c = codes + r * k + (g0 + g) * gs;
+                        int64_t *d = dot + g * NB;
+                        for (int64_t jj = 0; jj < nj; ++jj) d[jj] = 0;
+                        int64_t i = 0;
+                        while (i + 16 <= gs) {
+                            __m256i v[NB] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                                             _mm256_setzero_si256()};
+                            for (int64_t steps = 0; steps < FLUSH && i + 16 <= gs; ++steps, i += 16) {
+                                const __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + i)));
+                                for (int64_t jj = 0; jj < nj; ++jj)
+                                    v[jj] = _mm256_add_epi32(v[jj], _mm256_madd_epi16(cw, _mm256_loadu_si256(
+                                                                     (const __m256i *)(a + (j0 + jj) * k + (g0 + g) * gs + i))));
+                            }
+                            for (int64_t jj = 0; jj < nj; ++jj) d[jj] += hsum_epi32(v[jj]);
+                        }
+                        for (; i < gs; ++i)
+                            for (int64_t jj = 0; jj < nj; ++jj) d[jj] += (int64_t)c[i] * a[(j0 + jj) * k + (g0 + g) * gs + i];
+                    }
                 }
-                for (; i < gs; ++i)
-                    for (int64_t jj = 0; jj < nj; ++jj) dot[jj] += (int64_t)c[i] * a[(j0 + jj) * k + g * gs + i];
-                for (int64_t jj = 0; jj < nj; ++jj) {
-                    const double Ag = A[g * n + j0 + jj];
-                    acc[jj] += s[r * G + g] * ((double)dot[jj] - h * Ag);
-                    if (z) acc[jj] -= z[r * G + g] * Ag;
-                }
+                for (int64_t g = 0; g < gn; ++g)
+                    for (int64_t jj = 0; jj < nj; ++jj) {
+                        const double Ag = A[(g0 + g) * n + j0 + jj];
+                        acc[jj] += s[r * G + g0 + g] * ((double)dot[g * NB + jj] - h * Ag);
+                        if (z) acc[jj] -= z[r * G + g0 + g] * Ag;
+                    }
             }
             for (int64_t jj = 0; jj < nj; ++jj) y[(j0 + jj) * ldy + r] = acc[jj];
         }

@@ -55,6 +55,34 @@ def test_native_and_numpy_references_agree(monkeypatch):
         assert np.allclose(fast, slow, rtol=1e-13, atol=1e-13 * np.abs(slow).max())
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("k,gs", [(4096, 4096), (8192, 8192), (640, 40), (384, 128), (96, 32)])
+def test_every_native_reference_path_gives_the_same_bits_at_the_int16_extremes(n, k, gs):
+    """The SIMD reference sums groups in int32 lanes: at the largest codes and activations int16 holds
+    (a group of 4096 codes of 15 times ±32767 is within 7% of 2^31) it must still agree bit for bit with the
+    scalar statement, for every number of activation rows and whether or not the groups batch by four."""
+    native = _native.native
+    if native is None or "avx2" not in tc.kernels.available_paths():
+        pytest.skip("no native AVX2 reference on this machine")
+    rng = np.random.default_rng(n * 1000 + k + gs)
+    m0, g = 16, k // gs
+    codes = np.full((m0, k), 15, np.uint8)
+    codes[1::2] = rng.integers(0, 16, (m0 // 2, k), dtype=np.uint8)
+    a = np.where(rng.random((n, k)) < 0.5, -32768, 32767).astype(np.int16)
+    a[n // 2:] = 32767                                                     # some rows all at the maximum
+    s, z = rng.random((m0, g)), rng.random((m0, g))
+    sums = np.ascontiguousarray(a.astype(np.int64).reshape(n, g, gs).sum(axis=2).T.astype(np.float64))
+    ys = []
+    for path in (1, 2):                                                    # PATH_SCALAR, PATH_AVX2
+        y = np.empty((n, m0))
+        native.reference(codes, a, s, z, sums, y, m0, k, n, gs, 4, path, 1)
+        ys.append(y)
+    assert np.array_equal(ys[0], ys[1])
+    exact = np.einsum("mgi,ngi->nmg", codes.astype(np.int64).reshape(m0, g, gs), a.astype(np.int64).reshape(n, g, gs))
+    want = ((s[None] * (exact - 8.0 * sums.T[:, None, :]) - z[None] * sums.T[:, None, :])).sum(axis=2)
+    assert np.allclose(ys[1], want, rtol=1e-12)
+
+
 def _swap_tiles(case) -> np.ndarray:
     """The blob with the weight bytes of its first two tiles exchanged (tiles whose bytes differ)."""
     m0, k = case.qt.shape
