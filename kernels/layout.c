@@ -179,13 +179,155 @@ static uint32_t pack_tiles_sse2(const uint8_t *w, uint8_t *out, int64_t K, int b
 }
 #endif
 
-/* Returns the OR of every code it read, so the caller can check the code range for free. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_PACK 1
+#define AVX2 __attribute__((target("avx2")))
+
+/* row_nibbles with 32 codes per load (n LUT groups, n a multiple of 4 and at most 16; n == 0 reads
+   nothing): bit b of the result is bit `plane` of code b. */
+static inline AVX2 uint64_t row_nibbles_avx2(const uint8_t *p, int n, __m128i shift, __m256i *seen,
+                                             __m128i *seen16) {
+    uint64_t r = 0;
+    int off = 0;
+    for (; off + 32 <= 4 * n; off += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(p + off));
+        *seen = _mm256_or_si256(*seen, x);
+        r |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(x, shift)) << off;
+    }
+    if (off < 4 * n) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(p + off));
+        *seen16 = _mm_or_si128(*seen16, x);
+        r |= (uint64_t)(unsigned)(_mm_movemask_epi8(_mm_sll_epi16(x, shift)) & 0xFFFF) << off;
+    }
+    return r;
+}
+
+/* merge_nibbles for two chunks at once: the low lane from (a0, b0), the high lane from (a1, b1). */
+static inline AVX2 __m256i merge_nibbles2(uint64_t a0, uint64_t b0, uint64_t a1, uint64_t b1) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    const __m256i va = _mm256_set_epi64x(0, (long long)a1, 0, (long long)a0);
+    const __m256i vb = _mm256_set_epi64x(0, (long long)b1, 0, (long long)b0);
+    const __m256i ea = _mm256_unpacklo_epi8(_mm256_and_si256(va, lo4), _mm256_and_si256(_mm256_srli_epi16(va, 4), lo4));
+    const __m256i eb = _mm256_unpacklo_epi8(_mm256_and_si256(vb, lo4), _mm256_and_si256(_mm256_srli_epi16(vb, 4), lo4));
+    return _mm256_or_si256(ea, _mm256_slli_epi16(eb, 4));
+}
+
+/* transpose16_bitrev in each 128-bit lane: two 16x16 byte transposes for the instructions of one. */
+static inline AVX2 void transpose16x2_bitrev(__m256i r[16]) {
+    __m256i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi8(r[i], r[i + 8]);
+        t[2 * i + 1] = _mm256_unpackhi_epi8(r[i], r[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[2 * i] = _mm256_unpacklo_epi16(t[i], t[i + 8]);
+        r[2 * i + 1] = _mm256_unpackhi_epi16(t[i], t[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[i], r[i + 8]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 8]);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[2 * i] = _mm256_unpacklo_epi64(t[i], t[i + 8]);
+        r[2 * i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 8]);
+    }
+}
+
+/* Same bytes as pack_tiles_sse2 (kfactor % 4 == 0): the chunks of up to 16 LUT groups of one 32-row
+   block are taken two at a time, one per 128-bit lane, with 32 codes per load. */
+static AVX2 uint32_t pack_tiles_avx2(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
+                                     int64_t kfactor, int64_t t0, int64_t t1) {
+    __m256i seen = _mm256_setzero_si256();
+    __m128i seen16 = _mm_setzero_si128();
+    const int64_t KO = K / (4 * kfactor);
+    const int64_t nB = bm / 32;
+    const int64_t tile_bytes = K * bm / 8;
+    const int64_t ko_stride = nB * kfactor * 16;
+    const int64_t per_ko = (kfactor + 15) / 16; /* chunks per kfactor step */
+    const int64_t nchunks = KO * per_ko;
+    for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t B = 0; B < nB; ++B) {
+            const uint8_t *wa[16], *wb[16];
+            __m128i sa[16], sb[16];
+            for (int l = 0; l < 16; ++l) {
+                int64_t ma, mb;
+                int ia, ib;
+                row_of(t * bm + B * 32 + l, bits, &ma, &ia);
+                row_of(t * bm + B * 32 + 16 + l, bits, &mb, &ib);
+                wa[l] = w + ma * K;
+                wb[l] = w + mb * K;
+                sa[l] = _mm_cvtsi32_si128(7 - ia);
+                sb[l] = _mm_cvtsi32_si128(7 - ib);
+            }
+            uint8_t *o = out + t * tile_bytes + B * kfactor * 16;
+            for (int64_t u = 0; u < nchunks; u += 2) {
+                /* chunk u in the low lane, u + 1 (if any) in the high lane */
+                int64_t ko0 = u / per_ko, c0 = (u % per_ko) * 16, ko1 = 0, c1 = 0;
+                const int n0 = (int)(kfactor - c0 < 16 ? kfactor - c0 : 16);
+                int n1 = 0;
+                if (u + 1 < nchunks) {
+                    ko1 = (u + 1) / per_ko, c1 = ((u + 1) % per_ko) * 16;
+                    n1 = (int)(kfactor - c1 < 16 ? kfactor - c1 : 16);
+                }
+                const int64_t off0 = (ko0 * kfactor + c0) * 4, off1 = (ko1 * kfactor + c1) * 4;
+                __m256i r[16];
+                for (int l = 0; l < 16; ++l)
+                    r[BITREV4[l]] = merge_nibbles2(row_nibbles_avx2(wa[l] + off0, n0, sa[l], &seen, &seen16),
+                                                   row_nibbles_avx2(wb[l] + off0, n0, sb[l], &seen, &seen16),
+                                                   row_nibbles_avx2(wa[l] + off1, n1, sa[l], &seen, &seen16),
+                                                   row_nibbles_avx2(wb[l] + off1, n1, sb[l], &seen, &seen16));
+                transpose16x2_bitrev(r);
+                uint8_t *oo0 = o + ko0 * ko_stride + c0 * 16, *oo1 = o + ko1 * ko_stride + c1 * 16;
+                for (int ki = 0; ki < n0; ++ki) _mm_storeu_si128((__m128i *)(oo0 + 16 * ki), _mm256_castsi256_si128(r[ki]));
+                for (int ki = 0; ki < n1; ++ki) _mm_storeu_si128((__m128i *)(oo1 + 16 * ki), _mm256_extracti128_si256(r[ki], 1));
+            }
+        }
+    }
+    const __m128i s = _mm_or_si128(_mm_or_si128(_mm256_castsi256_si128(seen), _mm256_extracti128_si256(seen, 1)), seen16);
+    uint8_t b[16];
+    _mm_storeu_si128((__m128i *)b, s);
+    uint32_t any = 0;
+    for (int i = 0; i < 16; ++i) any |= b[i];
+    return any;
+}
+
+static int have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
+/* The pack paths this build and CPU have, best last; set_path() picks one (the tests compare them). */
+enum { PACK_SCALAR = 0, PACK_SSE2 = 1, PACK_AVX2 = 2 };
+static const char *const PACK_NAMES[] = {"scalar", "sse2", "avx2"};
+static int pack_available[3] = {1, 0, 0};
+static int pack_path = PACK_SCALAR;
+
+static void init_pack_paths(void) {
+#ifdef HAVE_SIMD_PACK
+    pack_available[PACK_SSE2] = 1;
+#endif
+#ifdef HAVE_AVX2_PACK
+    pack_available[PACK_AVX2] = have_avx2();
+#endif
+    for (int i = 0; i < 3; ++i)
+        if (pack_available[i]) pack_path = i;
+    if (getenv("TMAC_CONVERT_SCALAR_LAYOUT")) pack_path = PACK_SCALAR; /* read once, at import */
+}
+
+/* Returns the OR of every code it read, so the caller can check the code range for free.  The SIMD
+   paths need kfactor % 4 == 0 (whole 16-byte loads); other kfactors take the portable loop. */
 static uint32_t pack_tiles(const uint8_t *w, uint8_t *out, int64_t K, int bits, int64_t bm,
                            int64_t kfactor, int64_t t0, int64_t t1) {
-#ifdef HAVE_SIMD_PACK
-    if (kfactor % 4 == 0 && !getenv("TMAC_CONVERT_SCALAR_LAYOUT"))
-        return pack_tiles_sse2(w, out, K, bits, bm, kfactor, t0, t1);
+    if (kfactor % 4 == 0) {
+#ifdef HAVE_AVX2_PACK
+        if (pack_path == PACK_AVX2) return pack_tiles_avx2(w, out, K, bits, bm, kfactor, t0, t1);
 #endif
+#ifdef HAVE_SIMD_PACK
+        if (pack_path >= PACK_SSE2) return pack_tiles_sse2(w, out, K, bits, bm, kfactor, t0, t1);
+#endif
+    }
     return pack_tiles_scalar(w, out, K, bits, bm, kfactor, t0, t1);
 }
 
@@ -302,7 +444,39 @@ done:
 static PyObject *py_pack(PyObject *self, PyObject *args) { return run_tiles(args, pack_tiles, 1); }
 static PyObject *py_unpack(PyObject *self, PyObject *args) { return run_tiles(args, unpack_tiles, 0); }
 
+static PyObject *py_paths(PyObject *self, PyObject *unused) {
+    PyObject *t = PyList_New(0);
+    for (int i = 0; t && i < 3; ++i)
+        if (pack_available[i]) {
+            PyObject *n = PyUnicode_FromString(PACK_NAMES[i]);
+            if (!n || PyList_Append(t, n) < 0) {
+                Py_XDECREF(n);
+                Py_CLEAR(t);
+                break;
+            }
+            Py_DECREF(n);
+        }
+    return t;
+}
+
+static PyObject *py_set_path(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (int i = 0; i < 3; ++i)
+        if (!strcmp(name, PACK_NAMES[i])) {
+            if (!pack_available[i]) break;
+            PyObject *prev = PyUnicode_FromString(PACK_NAMES[pack_path]);
+            pack_path = i;
+            return prev;
+        }
+    PyErr_Format(PyExc_ValueError, "layout: pack path %R is not available here", arg);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"paths", py_paths, METH_NOARGS, "paths() -> list[str]: the pack paths this build and CPU have, best last."},
+    {"set_path", py_set_path, METH_O,
+     "set_path(name) -> str: pack with this path from now on (for tests and benchmarks); returns the previous one."},
     {"pack_weights", py_pack, METH_VARARGS,
      "pack_weights(codes, out, M0, K, bits, bm, kfactor, tile_begin, tile_end, threads=1) -> int: codes "
      "uint8 [M0*K] -> Format A weight bytes of tiles [tile_begin, tile_end) written into out, split over "
@@ -319,5 +493,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_layout_native", NUL
 PyMODINIT_FUNC PyInit__layout_native(void) {
     pool = tmac_pool_import();
     if (!pool) return NULL;
+    init_pack_paths();
     return PyModule_Create(&module);
 }

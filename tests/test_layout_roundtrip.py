@@ -66,17 +66,45 @@ def test_native_and_numpy_paths_give_identical_bytes(layout, seed):
     assert np.array_equal(a, b)
 
 
-def test_scalar_native_path_matches_simd_path(rng, monkeypatch):
-    """The portable C loop (used on non-x86 and for kfactor % 4 != 0) gives the SIMD path's bytes."""
+def _pack_paths() -> list[str]:
+    from tmac_convert.layouts import _native
+
+    return [] if _native.native is None else _native.native.paths()
+
+
+@pytest.mark.parametrize("path", _pack_paths())
+def test_every_native_pack_path_gives_the_portable_loops_bytes(rng, path):
+    """Each SIMD pack (SSE2, AVX2 where the CPU has it) gives the bytes of the portable C loop, for every bit
+    width and for kfactors that fill 16-group chunks, leave a part-chunk (8, 24) or pair chunks across
+    kfactor steps; the portable loop itself is held to the numpy statement by the tests above."""
+    from tmac_convert.layouts import _native
+
     for bits, m0, k, bm, kfactor in [(2, 64, 256, 128, 16), (3, 128, 384, 192, 8), (4, 32, 128, 128, 32),
-                                      (1, 256, 64, 256, 4)]:
+                                      (1, 256, 64, 256, 4), (2, 64, 384, 64, 24), (3, 64, 768, 96, 12),
+                                      (4, 16, 1024, 64, 64), (2, 32, 96, 64, 8)]:
         codes = rng.integers(0, 1 << bits, (m0, k), dtype=np.uint8)
         scales = rng.random((m0, 1)).astype(np.float32)
-        fast = tc.pack(codes, scales, bits=bits, bm=bm, kfactor=kfactor)
-        monkeypatch.setenv("TMAC_CONVERT_SCALAR_LAYOUT", "1")
-        slow = tc.pack(codes, scales, bits=bits, bm=bm, kfactor=kfactor)
-        monkeypatch.delenv("TMAC_CONVERT_SCALAR_LAYOUT")
-        assert np.array_equal(fast, slow)
+        prev = _native.native.set_path("scalar")
+        try:
+            slow = tc.pack(codes, scales, bits=bits, bm=bm, kfactor=kfactor)
+            _native.native.set_path(path)
+            fast = tc.pack(codes, scales, bits=bits, bm=bm, kfactor=kfactor)
+            bad = codes.copy()
+            bad[m0 - 1, k - 1] = 1 << bits                                 # the range check sees every code
+            with pytest.raises(Exception, match="code"):
+                tc.pack(bad, scales, bits=bits, bm=bm, kfactor=kfactor)
+        finally:
+            _native.native.set_path(prev)
+        assert np.array_equal(fast, slow), (path, bits, kfactor)
+
+
+def test_an_unknown_pack_path_is_refused():
+    from tmac_convert.layouts import _native
+
+    if _native.native is None:
+        pytest.skip("native layout not built")
+    with pytest.raises(ValueError, match="not available"):
+        _native.native.set_path("avx9")
 
 
 def test_large_tensor_uses_threads_and_stays_exact(rng):
