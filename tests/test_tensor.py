@@ -47,3 +47,20 @@ def test_broken_invariant_names_tensor_and_rule(kw, rule):
         _qt(**kw)
     assert e.value.rule == rule
     assert "blk.0.ffn_up.weight" in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_agrees_with_isfinite_on_every_float16_bit_pattern(dtype):
+    """The bit test for float16 (an all-ones exponent is infinity or NaN) gives numpy's answer for every one
+    of the 65536 float16 values, alone and among finite ones; other dtypes use isfinite itself."""
+    from tmac_convert.format.tensor import all_finite
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = every.astype(dtype)
+    finite = np.isfinite(values)
+    assert 0 < finite.sum() < len(values)
+    assert not all_finite(values) and all_finite(values[finite])
+    for v in values[~finite][:: 97]:
+        assert not all_finite(np.concatenate([values[finite][:1000], [v]]).astype(dtype))
+    assert all_finite(values[finite].reshape(-1, 2)[:, ::2])            # strided views too

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import TmacError
 from ..parallel import cpu_count
 from ..format.rules import SUPPORTED_BITS
-from ..format.tensor import QuantTensor
+from ..format.tensor import QuantTensor, all_finite
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from .buffer_pool import BufferPool
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
@@ -252,7 +252,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
             layer.act_order = not np.array_equal(gi, np.arange(k) // gs)
         stored = unpack_qzeros(ckpt.get(qz.name), b)
         s = ckpt.get_float(sc.name)
-        if not np.all(np.isfinite(s)):
+        if not all_finite(s):
             raise TmacError("scales contain NaN or infinity", file=str(sc.file), tensor=sc.name, rule="finite scales")
         layer.zp_zero, layer.zp_finite = _zero_offset_facts(stored, s, b)
         return layer, stored, word_bits
