@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tmac_convert.readers import buffer_pool
-from tmac_convert.readers.buffer_pool import BufferPool
+from tmac_convert import buffer_pool
+from tmac_convert.buffer_pool import BufferPool
 
 pytestmark = pytest.mark.skipif(not buffer_pool._EXACT_REFCOUNTS, reason="the pool only allocates on this Python")
 

@@ -116,3 +116,23 @@ def test_large_tensor_uses_threads_and_stays_exact(rng):
     assert np.array_equal(one, many)
     back = tc.unpack(many, m=1024, k=4096, bits=2, group_size=128, zero_point=True, bm=256, kfactor=16, threads=3)
     assert np.array_equal(back[0], codes)
+
+
+@pytest.mark.parametrize("zp", [False, True])
+def test_pack_into_a_reused_buffer_writes_every_byte(rng, zp):
+    """A buffer handed back for reuse holds the previous tensor's bytes: packing into it must leave none of
+    them (the blob equals a fresh pack), and a buffer of the wrong length or type is refused."""
+    from tmac_convert.errors import LayoutError
+
+    codes = rng.integers(0, 4, (64, 256), dtype=np.uint8)
+    scales = rng.random((64, 2)).astype(np.float16)
+    zeros = rng.random((64, 2)).astype(np.float16) if zp else None
+    fresh = tc.pack(codes, scales, zeros, bits=2, bm=128, kfactor=16)
+    for garbage in (0x00, 0xFF, 0xA5):
+        out = np.full(fresh.shape, garbage, np.uint8)
+        got = tc.pack(codes, scales, zeros, bits=2, bm=128, kfactor=16, out=out)
+        assert got is out and np.array_equal(out, fresh)
+    for bad in (np.empty(fresh.size + 1, np.uint8), np.empty(fresh.size, np.int8),
+                np.empty(2 * fresh.size, np.uint8)[::2]):
+        with pytest.raises(LayoutError, match="output buffer"):
+            tc.pack(codes, scales, zeros, bits=2, bm=128, kfactor=16, out=bad)

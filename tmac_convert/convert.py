@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .buffer_pool import BufferPool
 from .errors import TmacError, VerificationError
 from .format.runtime import DEFAULT_RUNTIME, get_runtime
 from .layouts import Kcfg, load_kcfg, load_preset
@@ -44,6 +45,9 @@ from .writers.plan import plan_model, plan_stock
 #: weights (0.67-0.85 on the fixtures) are far above it, and such a model no longer computes its source's
 #: function.  Lossless conversions never consult it.
 DEFAULT_MAX_ERROR = 0.1
+
+#: Idle output buffers a conversion keeps for reuse (a few of each blob size are in flight).
+_BLOB_POOL_BYTES = 256 << 20
 
 
 @dataclass
@@ -173,6 +177,8 @@ def resolve_kcfg(kcfg: str | Path | Kcfg | None, preset: str | None) -> Kcfg | N
     return None
 
 
+
+
 def default_out(source: str | Path, fmt_suffix: str) -> Path:
     """``<source name>.tmac<suffix>`` in the current folder.
 
@@ -271,7 +277,7 @@ def _round_up(x: float) -> float:
     return float(np.ceil(x / e * 1.0001) * e)
 
 
-def _work(t: Tensor, e: TensorPlan, *, verify: bool, max_error: float
+def _work(t: Tensor, e: TensorPlan, *, verify: bool, max_error: float, blobs: BufferPool | None = None
           ) -> tuple[TensorPlan, np.ndarray, Any, str | None, float | None]:
     """Encode one tensor and (``verify``) prove the bytes with its encoding's check; runs in a worker thread.
     Returns the plan entry, the bytes, the check's figures, the tensor's note for the report and, for a
@@ -282,7 +288,7 @@ def _work(t: Tensor, e: TensorPlan, *, verify: bool, max_error: float
     span = enc.passthrough(t, e)
     if span is not None:  # stored exactly as the output stores it: the writer copies it file to file
         return e, span, None, note, None
-    data = enc.encode(t, e)
+    data = enc.encode(t, e) if blobs is None else enc.encode_into(t, e, lambda n: blobs.empty((n,)))
     # a lossy encoding's error is measured even without verify: a loss is never silent
     result = enc.check(t, data, e) if verify or getattr(enc, "lossy", False) else None
     lossy = lossy_error(t, result)
@@ -419,7 +425,8 @@ def convert(source: str | Path, out: str | Path | None = None, *, format: str = 
                           needed_bytes=plan.total_nbytes + writer.overhead_bytes() + len(kcfg_text)) as tmp:
         writer.open(tmp[out_path])
         try:
-            work = partial(_work, verify=verify, max_error=max_error)
+            # output buffers come back to the pool once written: no fresh (zeroed) pages per tensor
+            work = partial(_work, verify=verify, max_error=max_error, blobs=BufferPool(_BLOB_POOL_BYTES))
             tensor_notes: list[str] = []
             for n, (e, data, result, note, lossy) in enumerate(run_pipeline(stream(), plan.entries, work,
                                                                              threads=nthreads)):

@@ -151,7 +151,8 @@ def _as_codes(codes: np.ndarray, bits: int, name: str | None) -> np.ndarray:
 
 
 def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None, *, bits: int, bm: int,
-         kfactor: int, threads: int | None = None, name: str | None = None) -> np.ndarray:
+         kfactor: int, threads: int | None = None, name: str | None = None,
+         out: np.ndarray | None = None) -> np.ndarray:
     """Lay out one quantised tensor as a T-MAC Format A blob.
 
     Args:
@@ -161,10 +162,12 @@ def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None,
         bits, bm, kfactor: bit width and tile configuration (checked against section 1.5).
         threads: worker threads for the native path (default: all cores; small tensors use one).
         name: tensor name used in error messages.
+        out: optional C-contiguous uint8 buffer of exactly the blob's length to write into (every byte is
+            written), for callers that reuse buffers.
 
     Returns:
         uint8 ``[M0·K·bits/8 + 4·scales_size]``: permuted weights, then the permuted scales (and zeros)
-        as float32 little-endian.
+        as float32 little-endian (``out`` when given).
     """
     codes = _as_codes(codes, bits, name)
     m0, k = codes.shape
@@ -195,7 +198,13 @@ def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None,
 
     wbytes = weight_nbytes(m0, k, bits)
     nscales = 1 if per_tensor else scales_count(m0, k, group_size, zeros is not None)
-    blob = np.empty(wbytes + 4 * nscales, dtype=np.uint8)
+    if out is None:
+        blob = np.empty(wbytes + 4 * nscales, dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.shape != (wbytes + 4 * nscales,) or not out.flags.c_contiguous:
+        raise LayoutError(f"output buffer {out.dtype} {out.shape} is not a contiguous uint8 "
+                          f"[{wbytes + 4 * nscales}]", tensor=name, rule="blob length")
+    else:
+        blob = out
     if native is not None:
         # The native pack reports the OR of all codes it read: the range check costs nothing extra.
         seen = _run_tiles(native.pack_weights, codes, blob, m0, k, bits, bm, kfactor,

@@ -31,7 +31,7 @@ from ..parallel import cpu_count
 from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor, all_finite
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
-from .buffer_pool import BufferPool
+from ..buffer_pool import BufferPool
 from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files

@@ -24,7 +24,7 @@ from math import lcm
 import numpy as np
 
 from ..errors import TmacError
-from .buffer_pool import BufferPool
+from ..buffer_pool import BufferPool
 from ..format.rules import bits_supported
 
 try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import gguf
 import numpy as np
@@ -126,6 +126,11 @@ class Encoding:
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
         """The stored bytes: a C-contiguous array whose ``nbytes`` equals ``self.nbytes(plan)``."""
         raise NotImplementedError
+
+    def encode_into(self, tensor: Tensor, plan: TensorPlan, alloc: Callable[[int], np.ndarray]) -> np.ndarray:
+        """:meth:`encode`, writing into ``alloc(nbytes)`` (a uint8 ``[nbytes]`` buffer the caller may reuse)
+        where the encoding builds its bytes from scratch; the default is :meth:`encode` itself."""
+        return self.encode(tensor, plan)
 
     def decode(self, data: np.ndarray, plan: TensorPlan) -> Tensor:
         """Inverse of :meth:`encode`: uint8 bytes -> the intermediate form."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -38,11 +38,14 @@ class TmacEncoding(Encoding, name="tmac", out_type="tmac"):
         return runtime.file_type
 
     def encode(self, tensor: Tensor, plan: TensorPlan) -> np.ndarray:
+        return self.encode_into(tensor, plan, lambda n: np.empty(n, np.uint8))
+
+    def encode_into(self, tensor: Tensor, plan: TensorPlan, alloc: Callable[[int], np.ndarray]) -> np.ndarray:
         if not isinstance(tensor, QuantTensor):
             raise TmacError("expected a quantised tensor", tensor=plan.name, rule="tensor kind matches plan")
         assert plan.tiles is not None
         return pack(tensor.codes, tensor.scales, tensor.zeros, bits=tensor.bits, bm=plan.tiles.bm,
-                    kfactor=plan.tiles.kfactor, threads=1, name=plan.name)
+                    kfactor=plan.tiles.kfactor, threads=1, name=plan.name, out=alloc(self.nbytes(plan)))
 
     def decode(self, data: np.ndarray, plan: TensorPlan) -> QuantTensor:
         assert plan.tiles is not None
