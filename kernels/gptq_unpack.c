@@ -200,10 +200,96 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * float16 scales and zero offsets, transposed from GPTQ's [G, M0] to T-MAC's [M0, G]:
+ *   scales_t[m, g] = s[g, m],   zeros_t[m, g] = f16(((stored[g, m] + add) - half) * f32(s[g, m]))
+ * The product of a small integer and a float16 value is exact in float32, so one F16C conversion with
+ * round-to-nearest-even is exactly numpy's float16 multiply (what the Python fallback computes). */
+#ifdef GPTQ_HAVE_AVX2
+#define F16C __attribute__((target("avx2,f16c")))
+
+static int have_f16c(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+}
+
+static F16C void offsets_f16(const uint8_t *stored, const uint16_t *s, int64_t G, int64_t M0, int add, int half,
+                             uint16_t *scales_t, uint16_t *zeros_t) {
+    const __m256 bias = _mm256_set1_ps((float)(add - half));
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t *st = stored + g * M0;
+        const uint16_t *sg = s + g * M0;
+        int64_t m = 0;
+        for (; m + 8 <= M0; m += 8) {
+            const __m128i sh = _mm_loadu_si128((const __m128i *)(sg + m));
+            uint16_t zs[8], ss[8];
+            _mm_storeu_si128((__m128i *)ss, sh);
+            if (zeros_t) {
+                const __m256 z = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(st + m)))), bias);
+                _mm_storeu_si128((__m128i *)zs, _mm256_cvtps_ph(_mm256_mul_ps(z, _mm256_cvtph_ps(sh)), _MM_FROUND_TO_NEAREST_INT));
+            }
+            for (int i = 0; i < 8; ++i) {
+                scales_t[(m + i) * G + g] = ss[i];
+                if (zeros_t) zeros_t[(m + i) * G + g] = zs[i];
+            }
+        }
+        for (; m < M0; ++m) {
+            scales_t[m * G + g] = sg[m];
+            if (zeros_t) {
+                const float z = (float)((int)st[m] + add - half) * _cvtsh_ss(sg[m]);
+                zeros_t[m * G + g] = _cvtss_sh(z, _MM_FROUND_TO_NEAREST_INT);
+            }
+        }
+    }
+}
+#endif
+
+/* offsets_f16(stored, s, G, M0, add, half, scales_t, zeros_t_or_None) -> bool: False (nothing written)
+   where this build or CPU has no F16C. */
+static PyObject *py_offsets_f16(PyObject *self, PyObject *args) {
+    Py_buffer st = {0}, sc = {0}, so = {0}, zo = {0};
+    PyObject *zobj;
+    long long G, M0;
+    int add, half;
+    if (!PyArg_ParseTuple(args, "y*y*LLiiw*O", &st, &sc, &G, &M0, &add, &half, &so, &zobj)) return NULL;
+    PyObject *result = NULL;
+    const int with_zeros = zobj != Py_None;
+    if (with_zeros && PyObject_GetBuffer(zobj, &zo, PyBUF_WRITABLE) < 0) goto done;
+    if (G <= 0 || M0 <= 0 || add < 0 || add > 1 || half < 1 || half > 8) {
+        PyErr_SetString(PyExc_ValueError, "offsets_f16: inconsistent arguments");
+        goto done;
+    }
+    if (sc.len < 2 * G * M0 || so.len < 2 * G * M0 || (with_zeros && (st.len < G * M0 || zo.len < 2 * G * M0))) {
+        PyErr_SetString(PyExc_ValueError, "offsets_f16: buffer too small");
+        goto done;
+    }
+#ifdef GPTQ_HAVE_AVX2
+    if (have_f16c()) {
+        Py_BEGIN_ALLOW_THREADS
+        offsets_f16((const uint8_t *)st.buf, (const uint16_t *)sc.buf, G, M0, add, half, (uint16_t *)so.buf,
+                    with_zeros ? (uint16_t *)zo.buf : NULL);
+        Py_END_ALLOW_THREADS
+        result = Py_True;
+    } else
+#endif
+        result = Py_False;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&st);
+    PyBuffer_Release(&sc);
+    PyBuffer_Release(&so);
+    if (with_zeros && zo.obj) PyBuffer_Release(&zo);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"unpack_qweight", py_unpack_qweight, METH_VARARGS,
      "unpack_qweight(words, out, R, M0, word_bytes, bits, col_begin, col_end): GPTQ words [R, M0] -> "
      "codes uint8 [M0, R*W/bits] for columns [col_begin, col_end), written into out."},
+    {"offsets_f16", py_offsets_f16, METH_VARARGS,
+     "offsets_f16(stored, scales, G, M0, add, half, scales_t, zeros_t) -> bool: float16 scales [G, M0] (as uint16) "
+     "-> scales_t [M0, G] and (zeros_t not None) zero offsets f16((stored + add - half) * s) [M0, G]; False, "
+     "with nothing written, where the CPU has no F16C."},
     {NULL, NULL, 0, NULL},
 };
 

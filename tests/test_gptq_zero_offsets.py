@@ -1,6 +1,7 @@
 """T-MAC zero offsets from GPTQ zeros equal float16 arithmetic bit for bit (what T-MAC's reference does)."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,3 +47,30 @@ def test_zero_offset_facts_agree_with_computing_every_offset(bits, seed, dtype, 
             z = _zero_offsets(stored, s, bits, fmt)
         assert zero[fmt] == (not np.any(z)), fmt
         assert finite[fmt] == bool(np.all(np.isfinite(z))), fmt
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_native_offsets_are_numpys_float16_arithmetic_for_every_scale(bits, fmt):
+    """The F16C path gives, bit for bit, numpy's float16 ``(z - 2**(b-1))·s`` and the transposed scales,
+    for every finite float16 scale (zeros, subnormals and those whose offset overflows to infinity
+    included) times every stored zero field, and for a column count that is not a multiple of 8."""
+    from tmac_convert.readers.gptq import _zero_offsets
+    from tmac_convert.readers.gptq_bits import transpose_scales_and_offsets
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    s = every[np.isfinite(every)]
+    fields = np.arange(1 << bits, dtype=np.uint8)
+    m0 = 4093                                                             # 7 groups of all the scales
+    s = np.resize(s, (len(s) * len(fields) // m0 + 1) * m0).reshape(-1, m0)
+    stored = np.resize(np.repeat(fields, 7), s.size).reshape(s.shape)
+    got = transpose_scales_and_offsets(stored, s, bits, 1 if fmt == "v1" else 0, True)
+    if got is None:
+        pytest.skip("no native F16C path here")
+    with np.errstate(over="ignore"):
+        want = _zero_offsets(stored, s, bits, fmt).T
+    assert np.array_equal(got[0].view(np.uint16), s.T.view(np.uint16))
+    assert np.array_equal(got[1].view(np.uint16), want.view(np.uint16))
+    assert np.isinf(want).any() == (bits > 1)                            # |z - 2**(b-1)| >= 2 can overflow
+    scales_only = transpose_scales_and_offsets(stored, s, bits, 0, False)
+    assert scales_only[1] is None and np.array_equal(scales_only[0], s.T)

@@ -32,7 +32,7 @@ from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor, all_finite
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from ..buffer_pool import BufferPool
-from .gptq_bits import period, unpack_qweight, unpack_qzeros, word_dtype
+from .gptq_bits import period, transpose_scales_and_offsets, unpack_qweight, unpack_qzeros, word_dtype
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files
 from ..archs.naming import is_projection
@@ -335,10 +335,12 @@ class GPTQReader(Reader, name="gptq", priority=10):
                             rule="stable checkpoint")
         if lay.act_order:
             return self._requantize(model, lay, codes, stored, s)
-        zeros = None
-        if not plan.drop_zeros:
-            zeros = np.ascontiguousarray(_zero_offsets(stored, s, b, plan.fmt).T)
-        scales = np.ascontiguousarray(s.T)
+        fast = transpose_scales_and_offsets(stored, s, b, 1 if plan.fmt == "v1" else 0, not plan.drop_zeros)
+        if fast is not None:
+            scales, zeros = fast
+        else:
+            zeros = None if plan.drop_zeros else np.ascontiguousarray(_zero_offsets(stored, s, b, plan.fmt).T)
+            scales = np.ascontiguousarray(s.T)
         codes = plan.hf.permute(lay.name, codes)
         scales = plan.hf.permute(lay.name, scales)
         if zeros is not None:

@@ -203,6 +203,27 @@ def unpack_qzeros(qzeros: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(unpack_fields(qzeros, bits, axis=1))
 
 
+def transpose_scales_and_offsets(stored: np.ndarray, s: np.ndarray, bits: int, add: int, with_zeros: bool,
+                                 ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """float16 scales ``s`` ``[G, M0]`` -> ``(scales [M0, G], zero offsets [M0, G] or None)``, natively (F16C):
+    ``z' = f16((stored + add - 2**(b-1))·s)``, exactly numpy's float16 arithmetic.  None when the native
+    module, the CPU or the dtypes do not allow it (the caller computes it with numpy then).
+
+    Args:
+        stored: uint8 ``[G, M0]`` stored zero fields; s: float16 ``[G, M0]``; add: 1 for GPTQ v1 zeros, else 0.
+    """
+    if (_native is None or sys.byteorder != "little" or s.dtype != np.float16 or stored.dtype != np.uint8
+            or s.ndim != 2 or stored.shape != s.shape):
+        return None
+    g, m0 = s.shape
+    sc = np.empty((m0, g), np.float16)
+    zt = np.empty((m0, g), np.float16) if with_zeros else None
+    if not _native.offsets_f16(np.ascontiguousarray(stored), np.ascontiguousarray(s).view(np.uint16), g, m0, add,
+                               1 << (bits - 1), sc.view(np.uint16), None if zt is None else zt.view(np.uint16)):
+        return None
+    return sc, zt
+
+
 def pack_qzeros(zeros: np.ndarray, bits: int, dtype: str | np.dtype | type = np.int32) -> np.ndarray:
     """Stored zero fields ``[G, M0]`` in ``[0, 2**b)`` -> GPTQ ``qzeros`` ``[G, M0*b/W]``."""
     return np.ascontiguousarray(pack_fields(zeros, bits, axis=1, dtype=dtype))
