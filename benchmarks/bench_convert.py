@@ -7,8 +7,10 @@ heads, vocabulary 128256, untied 1 GiB embedding and output matrices), 2-bit, gr
 (GPTQ v2 zeros), in safetensors shards with an index, packed with the readers' own GPTQ pack helpers.
 It is generated once per ``--layers`` in a child process (cached under ``--dir``), then this process
 alternates, ``--rounds`` times, a durable copy of the same bytes (``shutil.copyfile`` of every shard,
-then ``fsync``: the baseline) with the conversion to T-MAC GGUF (which fsyncs its output too), and
-prints each round's seconds and ratio, the median ratio, GB/s of source, and peak RSS (``ru_maxrss`` of
+then ``fsync``: the baseline) with a copy of the same bytes by the converter's own writer (``O_DIRECT``
+where the file system allows it, then ``fsync``: what moving the bytes costs the converter) and with the
+conversion to T-MAC GGUF (which fsyncs its output too), and prints each round's seconds and ratios, the
+median ratios, GB/s of source, and peak RSS (``ru_maxrss`` of
 this process, which did nothing but the copies and the conversions; plus the peak anonymous and
 file-backed parts, sampled from /proc).  Alternating keeps a busy machine's drift out of the ratio.
 
@@ -224,13 +226,36 @@ def main() -> None:
         return dt
 
     from tmac_convert.convert import convert
+    from tmac_convert.format.tensor import FileSpan
+    from tmac_convert.writers.sequential import SequentialWriter
+
+    def direct_copy() -> tuple[float, str]:
+        """The same bytes moved the way the converter writes: the converter's own writer (O_DIRECT where
+        the file system allows it), then fsync."""
+        t = time.perf_counter()
+        mode = ""
+        for f in files:
+            (work / f.name).write_bytes(b"")
+            w = SequentialWriter(work / f.name, 0)
+            mode = w.mode
+            w.copy(FileSpan(f, 0, f.stat().st_size, "|u1"))
+            w.close()
+            fd = os.open(work / f.name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        dt = time.perf_counter() - t
+        for f in files:
+            (work / f.name).unlink()
+        return dt, mode
 
     out = work / "model.tmac.gguf"
     load = os.getloadavg()[0]
-    copies, convs, cpus = [], [], []
+    copies, directs, convs, cpus = [], [], [], []
     with RssSampler() as rss:
         for _ in range(a.rounds):
             copies.append(durable_copy())
+            dt, direct_mode = direct_copy()
+            directs.append(dt)
             t, c = time.perf_counter(), time.process_time()
             report = convert(str(src), out, verify=not a.no_verify, threads=a.threads, force=True)
             convs.append(time.perf_counter() - t)
@@ -243,6 +268,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     worst = report.worst
     ratios = [v / c for v, c in zip(convs, copies)]
+    ratios_direct = [v / c for v, c in zip(convs, directs)]
     t_copy, t_conv = float(np.median(copies)), float(np.median(convs))
     print(json.dumps({
         "layers": a.layers, "tensors": len(report.tensors), "verify": not a.no_verify, "threads": report.threads,
@@ -252,6 +278,9 @@ def main() -> None:
         "copy_s": round(t_copy, 3), "convert_s": round(t_conv, 3),
         "copy_GBps": round(src_bytes / t_copy / 1e9, 3), "convert_GBps": round(src_bytes / t_conv / 1e9, 3),
         "ratio_to_copy_median": round(float(np.median(ratios)), 2), "ratio_to_copy_best": round(min(ratios), 2),
+        "writer_copy_mode": direct_mode, "writer_copy_s_each": [round(x, 3) for x in directs],
+        "ratio_to_writer_copy_each": [round(x, 2) for x in ratios_direct],
+        "ratio_to_writer_copy_median": round(float(np.median(ratios_direct)), 2),
         "convert_cpu_s": round(float(np.median(cpus)), 2), "load_avg_before": round(load, 2), "cores": os.cpu_count(),
         "peak_rss_MB": round(peak / 1e6, 1), "peak_rss_anon_MB": round(rss.peak["RssAnon"] / 1e6, 1),
         "peak_rss_file_MB": round(rss.peak["RssFile"] / 1e6, 1),

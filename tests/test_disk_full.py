@@ -140,9 +140,9 @@ def _patch_failure(monkeypatch, where: str, fmt: str) -> None:
     from tmac_convert.writers import atomic
 
     if where == "tensor data" and fmt == "gguf":
-        from tmac_convert.writers import gguf_writer
+        from tmac_convert.writers.sequential import SequentialWriter
 
-        monkeypatch.setattr(gguf_writer, "_write_tensor_data", _enospc)
+        monkeypatch.setattr(SequentialWriter, "_pwrite", _enospc)
     elif where == "tensor data":
         monkeypatch.setattr(np.lib.format, "write_array", _enospc)
     elif where == "header":

@@ -14,6 +14,7 @@ from tmac_convert.convert import convert
 from tmac_convert.format.encodings.base import _FloatEncoding
 from tmac_convert.format.tensor import FileSpan
 from tmac_convert.writers import copy as copy_mod
+from tmac_convert.writers import sequential
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -52,9 +53,9 @@ def test_copied_output_equals_the_encoded_output(tmp_path: Path, monkeypatch: py
     if src.is_dir() and not (src / "config.json").is_file():
         src = next(src.glob("*.gguf"))
     copied = []
-    real = copy_mod.BackgroundCopies.start
-    monkeypatch.setattr(copy_mod.BackgroundCopies, "start",
-                        lambda self, span, *a, **k: copied.append(span) or real(self, span, *a, **k))
+    real = sequential.SequentialWriter.copy
+    monkeypatch.setattr(sequential.SequentialWriter, "copy",
+                        lambda self, span, **k: copied.append(span) or real(self, span, **k))
     convert(src, tmp_path / "copy.gguf", threads=1, **options)
     assert copied, "no tensor was copied file to file"
     assert all(s.dtype in ("<f2", "<f4") for s in copied)
@@ -63,23 +64,3 @@ def test_copied_output_equals_the_encoded_output(tmp_path: Path, monkeypatch: py
     convert(src, tmp_path / "encoded.gguf", threads=1, **options)
     assert not copied
     assert (tmp_path / "copy.gguf").read_bytes() == (tmp_path / "encoded.gguf").read_bytes()
-
-
-def test_background_copies_report_errors_and_stop_on_cancel(tmp_path: Path) -> None:
-    src = tmp_path / "s.bin"
-    src.write_bytes(bytes(range(256)) * 4096)
-    with open(tmp_path / "d.bin", "wb") as f:
-        ok = copy_mod.BackgroundCopies()
-        ok.start(FileSpan(src, 0, 256 * 4096, "|u1"), f.fileno(), 0)
-        ok.wait()
-        assert ok.methods in (["copy_file_range"], ["read/write"])
-        bad = copy_mod.BackgroundCopies()
-        bad.start(FileSpan(src, 0, 256 * 4096 + 1, "|u1"), f.fileno(), 0)
-        with pytest.raises(Exception, match="ended 1 bytes early"):
-            bad.wait()
-        stopped = copy_mod.BackgroundCopies()
-        stopped._stop.set()
-        stopped.start(FileSpan(src, 0, 1024, "|u1"), f.fileno(), 0)
-        stopped.cancel()
-        assert stopped.methods == ["stopped"]
-    assert (tmp_path / "d.bin").read_bytes() == src.read_bytes()

@@ -2,12 +2,9 @@
 
 ``os.copy_file_range`` lets the kernel move the bytes page cache to page cache (or share extents on
 file systems that can); where it is unsupported (another file system, an old kernel, a platform
-without it) a bounded ``pread``/``pwrite`` loop does the same in 8 MiB pieces.
-
-:class:`BackgroundCopies` runs such copies on their own thread: the GGUF writer knows every tensor's
-place in the file up front, so it reserves a copied tensor's bytes, moves on to the next tensor and
-lets the copy (I/O, which releases the GIL) overlap the encoding and verification of the following
-ones; :meth:`BackgroundCopies.wait` joins them before the file is closed.
+without it) a bounded ``pread``/``pwrite`` loop does the same in 8 MiB pieces.  The output's writer
+(:mod:`.sequential`) uses it where it writes through the page cache; with direct I/O it reads the span
+into its aligned staging buffers instead.
 """
 
 from __future__ import annotations
@@ -67,42 +64,3 @@ def copy_span(span: FileSpan, dst_fd: int, dst_offset: int, *, tensor: str | Non
         return how
     finally:
         os.close(fd)
-
-
-class BackgroundCopies:
-    """File-to-file copies running on background threads while the caller writes other parts of the file.
-
-    ``start`` returns at once; ``wait`` joins every copy and raises the first error one of them met (so a
-    full disk is reported in the caller's thread); ``cancel`` asks them to stop and joins them (after a
-    failure, before the output is removed).
-    """
-
-    def __init__(self) -> None:
-        self._threads: list[threading.Thread] = []
-        self._errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self.methods: list[str] = []  # how each finished copy was done (for tests and reports)
-
-    def start(self, span: FileSpan, dst_fd: int, dst_offset: int, *, tensor: str | None = None) -> None:
-        def run() -> None:
-            try:
-                self.methods.append(copy_span(span, dst_fd, dst_offset, tensor=tensor, stop=self._stop))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread by wait()
-                self._errors.append(e)
-
-        t = threading.Thread(target=run, name="tmac-convert-copy", daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def wait(self) -> None:
-        for t in self._threads:
-            t.join()
-        self._threads.clear()
-        if self._errors:
-            raise self._errors[0]
-
-    def cancel(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-        self._threads.clear()

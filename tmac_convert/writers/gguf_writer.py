@@ -28,8 +28,7 @@ import numpy as np
 from ..errors import TmacError
 from .base import OutputWriter, WriteContext
 from ..format.tensor import FileSpan
-from .copy import BackgroundCopies
-from .writeback import Writeback
+from .sequential import SequentialWriter
 from ..format.encodings import TensorPlan, get_encoding, projection_encoding
 from ..format.gguf_file import parse as parse_gguf
 from ..archs import architecture_for
@@ -57,8 +56,7 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         super().__init__(ctx)
         self.w: gguf.GGUFWriter | None = None
         self._next = 0
-        self.copies = BackgroundCopies()
-        self.writeback: Writeback | None = None
+        self.data: SequentialWriter | None = None  # the tensor data, written after the header
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -110,12 +108,14 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         self.w.write_header_to_file(Path(path))
         self.w.write_kv_data_to_file()
         self.w.write_ti_data_to_file()
-        fouts = getattr(self.w, "fout", None)
-        if isinstance(fouts, list) and len(fouts) == 1:
-            self.writeback = Writeback(fouts[0].fileno())
+        (fout,) = self.w.fout  # one file: the writer was made without shards
+        fout.flush()
+        start = fout.tell()
+        self.w.close()  # the header is complete; the data is written by one SequentialWriter
+        self.data = SequentialWriter(path, start)
 
     def write(self, entry: TensorPlan, data: np.ndarray, verification: Any = None) -> None:
-        assert self.w is not None
+        assert self.data is not None, "open() first"
         entries = self.ctx.plan.entries
         if self._next >= len(entries) or entries[self._next].name != entry.name:
             want = entries[self._next].name if self._next < len(entries) else "nothing more"
@@ -123,30 +123,28 @@ class GGUFOutput(OutputWriter, name="gguf", suffix=".gguf"):
         if data.nbytes != entry.nbytes:
             raise TmacError(f"{data.nbytes} bytes encoded, {entry.nbytes} planned", tensor=entry.name,
                             rule="tensor size matches plan")
+        # the layout of gguf.GGUFWriter: every tensor's data at a multiple of the alignment, then padding
+        align = self.w.data_alignment
+        self.data.zeros(-self.data.position % align)
         if isinstance(data, FileSpan):
-            _copy_tensor_data(self.w, data, entry.name, self.copies)
+            self.data.copy(data, tensor=entry.name)
         else:
-            _write_tensor_data(self.w, np.ascontiguousarray(data))
-        if self.writeback is not None:
-            self.writeback.wrote(entry.nbytes)
+            self.data.write(data)
+        self.data.zeros(-data.nbytes % align)
         self._next += 1
 
     def close(self) -> None:
-        assert self.w is not None
+        assert self.data is not None
         if self._next != len(self.ctx.plan.entries):
             missing = self.ctx.plan.entries[self._next].name
             raise TmacError(f"the source yielded {self._next} of {len(self.ctx.plan.entries)} planned tensors",
                             tensor=missing, rule="every planned tensor written")
-        self.copies.wait()
-        if self.writeback is not None:
-            self.writeback.finish()
-        self.w.close()
+        self.data.close()
 
     def abort(self) -> None:
-        self.copies.cancel()
-        if self.writeback is not None:
-            self.writeback.stop()
-        if self.w is not None:
+        if self.data is not None:
+            self.data.abort()
+        elif self.w is not None:
             self.w.close()
 
     def check_written(self, path: Path) -> None:
@@ -184,43 +182,3 @@ def _value_size(v: Any) -> int:
     if isinstance(v, (list, tuple)):
         return 12 + sum(_value_size(x) for x in v)
     return 8
-
-
-def _write_tensor_data(w: gguf.GGUFWriter, data: np.ndarray) -> None:
-    """``GGUFWriter.write_tensor_data`` for little-endian contiguous data, writing the bytes with
-    ``file.write`` instead of ``ndarray.tofile``: a Ctrl-C landing inside ``tofile`` can surface as an
-    unrelated TypeError from numpy rather than KeyboardInterrupt (seen in the random-kill test)."""
-    fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
-    if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
-        w.write_tensor_data(data, tensor_endianess=gguf.GGUFEndian.LITTLE)  # unknown gguf internals
-        return
-    fout = fouts[0]
-    info = tensors[0].pop(next(iter(tensors[0])))
-    if info.nbytes != data.nbytes:
-        raise TmacError(f"{data.nbytes} bytes for a tensor planned at {info.nbytes}", rule="tensor size matches plan")
-    w.write_padding(fout, fout.tell())
-    fout.write(memoryview(data.reshape(-1)).cast("B"))
-    w.write_padding(fout, data.nbytes)
-    w.state = gguf.gguf_writer.WriterState.WEIGHTS
-
-
-def _copy_tensor_data(w: gguf.GGUFWriter, span: FileSpan, name: str, copies: BackgroundCopies) -> None:
-    """Like :func:`_write_tensor_data`, but the bytes go from the source file to the output file directly, on
-    a background thread (:class:`~tmac_convert.writers.copy.BackgroundCopies`): the writer's position moves
-    past the reserved bytes at once and the next tensors are written while the copy runs."""
-    fouts, tensors = getattr(w, "fout", None), getattr(w, "tensors", None)
-    if not (isinstance(fouts, list) and isinstance(tensors, list) and len(fouts) == len(tensors) == 1):
-        _write_tensor_data(w, np.ascontiguousarray(span.array((span.nbytes // np.dtype(span.dtype).itemsize,))))
-        return
-    fout = fouts[0]
-    info = tensors[0].pop(next(iter(tensors[0])))
-    if info.nbytes != span.nbytes:
-        raise TmacError(f"{span.nbytes} bytes for a tensor planned at {info.nbytes}", tensor=name,
-                        rule="tensor size matches plan")
-    w.write_padding(fout, fout.tell())
-    fout.flush()
-    pos = fout.tell()
-    copies.start(span, fout.fileno(), pos, tensor=name)
-    fout.seek(pos + span.nbytes)
-    w.write_padding(fout, span.nbytes)
-    w.state = gguf.gguf_writer.WriterState.WEIGHTS
