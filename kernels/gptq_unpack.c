@@ -282,6 +282,53 @@ done:
     return result;
 }
 
+/* The scan's facts about one tensor's float16 scales s [n] (as uint16) and stored zero fields [n], in one pass
+ * of integer tests on the bits (no F16C needed):
+ *   finite: no scale is infinite or NaN;
+ *   max_abs: the largest |s| as float16 bits (the magnitude bits of finite values order like the values);
+ *   exact_zero[i]: every z' = (z - 2^(b-1))·s is 0 when the field z = 2^(b-1) is stored as at[i], i.e. every
+ *   field equals at[i] or its scale is +0 or -0. */
+static void scale_facts_f16(const uint8_t *stored, const uint16_t *s, int64_t n, const int at[2], int *finite,
+                            int *max_abs, int exact_zero[2]) {
+    uint16_t mx = 0;
+    int nonfinite = 0, off0 = 0, off1 = 0;
+    const uint8_t a0 = (uint8_t)at[0], a1 = (uint8_t)at[1];
+    for (int64_t i = 0; i < n; ++i) {
+        const uint16_t m = s[i] & 0x7fff;
+        const int nz = m != 0;
+        nonfinite |= m >= 0x7c00;
+        mx = m > mx ? m : mx;
+        off0 |= (stored[i] != a0) & nz;
+        off1 |= (stored[i] != a1) & nz;
+    }
+    *finite = !nonfinite;
+    *max_abs = mx;
+    exact_zero[0] = !off0;
+    exact_zero[1] = !off1;
+}
+
+/* scale_facts_f16(stored, s, n, at0, at1) -> (finite, max_abs_bits, exact_zero0, exact_zero1) */
+static PyObject *py_scale_facts_f16(PyObject *self, PyObject *args) {
+    Py_buffer st = {0}, sc = {0};
+    long long n;
+    int at[2];
+    if (!PyArg_ParseTuple(args, "y*y*Lii", &st, &sc, &n, &at[0], &at[1])) return NULL;
+    PyObject *result = NULL;
+    if (n < 0 || st.len < n || sc.len < 2 * n || at[0] < 0 || at[0] > 255 || at[1] < 0 || at[1] > 255) {
+        PyErr_SetString(PyExc_ValueError, "scale_facts_f16: inconsistent arguments");
+    } else {
+        int finite, max_abs, zero[2];
+        Py_BEGIN_ALLOW_THREADS
+        scale_facts_f16((const uint8_t *)st.buf, (const uint16_t *)sc.buf, n, at, &finite, &max_abs, zero);
+        Py_END_ALLOW_THREADS
+        result = Py_BuildValue("(OiOO)", finite ? Py_True : Py_False, max_abs, zero[0] ? Py_True : Py_False,
+                               zero[1] ? Py_True : Py_False);
+    }
+    PyBuffer_Release(&st);
+    PyBuffer_Release(&sc);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"unpack_qweight", py_unpack_qweight, METH_VARARGS,
      "unpack_qweight(words, out, R, M0, word_bytes, bits, col_begin, col_end): GPTQ words [R, M0] -> "
@@ -290,6 +337,9 @@ static PyMethodDef methods[] = {
      "offsets_f16(stored, scales, G, M0, add, half, scales_t, zeros_t) -> bool: float16 scales [G, M0] (as uint16) "
      "-> scales_t [M0, G] and (zeros_t not None) zero offsets f16((stored + add - half) * s) [M0, G]; False, "
      "with nothing written, where the CPU has no F16C."},
+    {"scale_facts_f16", py_scale_facts_f16, METH_VARARGS,
+     "scale_facts_f16(stored, scales, n, at0, at1) -> (finite, max_abs_bits, exact_zero0, exact_zero1): one pass "
+     "over float16 scales (as uint16) and stored zero fields (uint8), n of each."},
     {NULL, NULL, 0, NULL},
 };
 

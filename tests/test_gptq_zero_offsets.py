@@ -23,12 +23,14 @@ def test_zero_offsets_equal_numpy_float16_arithmetic(bits, fmt, seed):
     assert same.all()
 
 
+@pytest.mark.parametrize("facts", ["numpy", "scan"])
 @given(bits=st.sampled_from([1, 2, 3, 4]), seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["f2", "f4"]),
-       zero_frac=st.sampled_from([0.0, 0.5, 1.0]), sym=st.booleans())
-def test_zero_offset_facts_agree_with_computing_every_offset(bits, seed, dtype, zero_frac, sym):
+       zero_frac=st.sampled_from([0.0, 0.5, 1.0]), sym=st.booleans(), bad=st.sampled_from([None, "inf", "nan"]))
+def test_zero_offset_facts_agree_with_computing_every_offset(facts, bits, seed, dtype, zero_frac, sym, bad):
     # open() decides "all z' are 0" and "all z' are finite" without computing z'; the answers must be
-    # those of the computed offsets, for every finite scale (zero, subnormal, huge) and every stored zero
-    from tmac_convert.readers.gptq import _zero_offset_facts
+    # those of the computed offsets, for every finite scale (zero, subnormal, huge) and every stored zero;
+    # "scan" is what open() calls (one native pass for float16 scales), "numpy" its fallback
+    from tmac_convert.readers.gptq import _scale_facts, _zero_offset_facts
 
     rng = np.random.default_rng(seed)
     half = 1 << (bits - 1)
@@ -41,7 +43,17 @@ def test_zero_offset_facts_agree_with_computing_every_offset(bits, seed, dtype, 
     s = raw.view(dtype)
     s = np.where(np.isfinite(s), s, s.dtype.type(1))
     s[rng.random(s.shape) < zero_frac] = 0
-    zero, finite = _zero_offset_facts(stored, s, bits)
+    if facts == "numpy":
+        if bad is not None:
+            return
+        zero, finite = _zero_offset_facts(stored, s, bits)
+    else:
+        if bad is not None:
+            s[rng.integers(0, 8), rng.integers(0, 32)] = -np.inf if bad == "inf" else np.nan
+        ok, zero, finite = _scale_facts(stored, s, bits)
+        assert ok == (bad is None)
+        if not ok:
+            return
     for fmt in ("v1", "v2"):
         with np.errstate(all="ignore"):
             z = _zero_offsets(stored, s, bits, fmt)

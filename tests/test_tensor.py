@@ -64,3 +64,18 @@ def test_all_finite_agrees_with_isfinite_on_every_float16_bit_pattern(dtype):
     for v in values[~finite][:: 97]:
         assert not all_finite(np.concatenate([values[finite][:1000], [v]]).astype(dtype))
     assert all_finite(values[finite].reshape(-1, 2)[:, ::2])            # strided views too
+
+
+def test_codes_out_of_range_are_refused_by_validate_or_else_by_the_pack():
+    from tmac_convert.errors import LayoutError
+    from tmac_convert.layouts.format_a import pack
+
+    codes = np.zeros((32, 64), np.uint8)
+    codes[5, 7] = 4  # out of range for 2 bits
+    scales = np.ones((32, 1), np.float16)
+    with pytest.raises(TmacError, match="code 4 out of range"):
+        QuantTensor("t", codes, scales, bits=2, group_size=64)
+    # a producer that vouches for its codes skips the scan; the layout still refuses to write them
+    qt = QuantTensor("t", codes, scales, bits=2, group_size=64, codes_in_range=True)
+    with pytest.raises(LayoutError, match=r"codes must lie in \[0, 4\)"):
+        pack(qt.codes, qt.scales, bits=2, bm=32, kfactor=16, name=qt.name)

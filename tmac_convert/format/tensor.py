@@ -41,6 +41,10 @@ class QuantTensor:
             ``z' = (z - 2**(bits-1)) * s``.
         bits: 1, 2, 3 or 4.
         group_size: weights per scale along K (``K`` for per-channel and per-tensor scales).
+        meta: what the reader records about the tensor (its source, a note for the report).
+        codes_in_range: the producer vouches that every code is below ``2**bits`` (codes unpacked from
+            ``bits``-bit fields cannot be larger), so :meth:`validate` skips scanning them; the layout's pack
+            checks the range again on the way (:func:`tmac_convert.layouts.format_a.pack`).
 
     The dequantised weight is ``W[m, k] = (codes[m, k] - 2**(bits-1)) * s[m, g] - z'[m, g]`` with
     ``g = k // group_size`` (``s = scales[0]`` and no ``z'`` for a per-tensor scale).
@@ -53,6 +57,7 @@ class QuantTensor:
     bits: int = 2
     group_size: int = 128
     meta: dict = field(default_factory=dict)
+    codes_in_range: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,7 +86,7 @@ class QuantTensor:
         m0, k = codes.shape
         if m0 == 0 or k == 0:
             self._fail(f"codes shape {codes.shape} is empty", "codes shape")
-        if codes.size and int(codes.max()) >= (1 << self.bits):
+        if not self.codes_in_range and codes.size and int(codes.max()) >= (1 << self.bits):
             self._fail(f"code {int(codes.max())} out of range [0, {1 << self.bits}) for {self.bits}-bit",
                        "code range")
         s = self.scales

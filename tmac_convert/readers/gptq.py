@@ -32,7 +32,8 @@ from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor, all_finite
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
 from ..buffer_pool import BufferPool
-from .gptq_bits import period, transpose_scales_and_offsets, unpack_qweight, unpack_qzeros, word_dtype
+from .gptq_bits import (period, scale_facts_f16, transpose_scales_and_offsets, unpack_qweight, unpack_qzeros,
+                        word_dtype)
 from .gptq_config import GPTQConfig, ZeroEvidence, decide_format, find_quant_config, parse_config
 from .hf_common import HFModel, file_order_key, model_folder, tokenizer_files
 from ..archs.naming import is_projection
@@ -252,9 +253,9 @@ class GPTQReader(Reader, name="gptq", priority=10):
             layer.act_order = not np.array_equal(gi, np.arange(k) // gs)
         stored = unpack_qzeros(ckpt.get(qz.name), b)
         s = ckpt.get_float(sc.name)
-        if not all_finite(s):
+        finite, layer.zp_zero, layer.zp_finite = _scale_facts(stored, s, b)
+        if not finite:
             raise TmacError("scales contain NaN or infinity", file=str(sc.file), tensor=sc.name, rule="finite scales")
-        layer.zp_zero, layer.zp_finite = _zero_offset_facts(stored, s, b)
         return layer, stored, word_bits
 
     def _order(self, hf: HFModel, ckpt: SafetensorsCheckpoint, layers: dict[str, _Layer]) -> list[tuple[str, str]]:
@@ -346,7 +347,7 @@ class GPTQReader(Reader, name="gptq", priority=10):
         if zeros is not None:
             zeros = plan.hf.permute(lay.name, zeros)
         return QuantTensor(lay.name, codes, scales, zeros, bits=b, group_size=lay.group_size,
-                           meta={"source": lay.prefix, "file": f})
+                           meta={"source": lay.prefix, "file": f}, codes_in_range=True)  # b-bit fields
 
     def _requantize(self, model: SourceModel, lay: _Layer, codes: np.ndarray, stored: np.ndarray,
                     s: np.ndarray) -> QuantTensor:
@@ -365,6 +366,28 @@ class GPTQReader(Reader, name="gptq", priority=10):
         zeros = plan.hf.permute(lay.name, qt.zeros)
         return QuantTensor(lay.name, codes, scales, zeros, bits=b, group_size=lay.group_size,
                            meta={"source": lay.prefix, "requantized": stats, "note": note})
+
+
+def _scale_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[bool, dict[str, bool], dict[str, bool]]:
+    """``(every scale finite, zero, finite)``: the scan's facts about one tensor, ``zero`` and ``finite`` as
+    :func:`_zero_offset_facts` decides them (empty when a scale is not finite).  float16 scales take one native
+    pass over the bits (:func:`~tmac_convert.readers.gptq_bits.scale_facts_f16`), others numpy."""
+    half = 1 << (bits - 1)
+    fast = scale_facts_f16(stored, s, (half - 1, half))  # the stored value whose z is 2**(b-1): v1, v2
+    if fast is None:
+        if not all_finite(s):
+            return False, {}, {}
+        return (True, *_zero_offset_facts(stored, s, bits))
+    finite, max_abs, zero_v1, zero_v2 = fast
+    if not finite:
+        return False, {}, {}
+    with np.errstate(over="ignore"):
+        bound_ok = bool(np.isfinite(np.uint16(max_abs).view(np.float16) * np.float16(half)))
+    zero = {"v1": bool(zero_v1), "v2": bool(zero_v2)}
+    if bound_ok:
+        return True, zero, {"v1": True, "v2": True}
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
+        return True, zero, {fmt: bool(np.all(np.isfinite(_zero_offsets(stored, s, bits, fmt)))) for fmt in ("v1", "v2")}
 
 
 def _zero_offset_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[dict[str, bool], dict[str, bool]]:

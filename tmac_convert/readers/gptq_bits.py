@@ -224,6 +224,17 @@ def transpose_scales_and_offsets(stored: np.ndarray, s: np.ndarray, bits: int, a
     return sc, zt
 
 
+def scale_facts_f16(stored: np.ndarray, s: np.ndarray, at: tuple[int, int]) -> tuple[bool, int, bool, bool] | None:
+    """One native pass over float16 scales ``s`` and stored zero fields (uint8, the same shape):
+    ``(every scale finite, max |s| as float16 bits, every field equals at[0] or has a zero scale, the same for
+    at[1])``.  None without the native module or for other dtypes (the caller uses numpy then)."""
+    if (_native is None or sys.byteorder != "little" or s.dtype != np.float16 or stored.dtype != np.uint8
+            or stored.shape != s.shape):
+        return None
+    return _native.scale_facts_f16(np.ascontiguousarray(stored), np.ascontiguousarray(s).view(np.uint16), s.size,
+                                   int(at[0]), int(at[1]))
+
+
 def pack_qzeros(zeros: np.ndarray, bits: int, dtype: str | np.dtype | type = np.int32) -> np.ndarray:
     """Stored zero fields ``[G, M0]`` in ``[0, 2**b)`` -> GPTQ ``qzeros`` ``[G, M0*b/W]``."""
     return np.ascontiguousarray(pack_fields(zeros, bits, axis=1, dtype=dtype))
