@@ -141,7 +141,7 @@ def test_a_direct_write_refused_after_open_goes_on_through_the_page_cache(tmp_pa
     payload = np.random.default_rng(2).integers(0, 256, 5 * ALIGN + 3, dtype=np.uint8)
     w.write(payload)
     w.close()
-    assert refused == [0]
+    assert refused and min(refused) == 0  # refused from the first write on (several may be in flight)
     assert out.read_bytes() == payload.tobytes()
 
 

@@ -4,7 +4,8 @@ A conversion writes gigabytes it never reads again.  Through the page cache ever
 freshly allocated cache pages and later written back; on the virtual machines this project runs on, that
 copy was the largest single cost of a conversion (``write(2)`` of 4 GiB: 4.4-16 s of kernel time, against
 0.2 s with ``O_DIRECT``).  :class:`SequentialWriter` therefore assembles the bytes into aligned staging
-buffers and writes them with ``O_DIRECT``, one buffer going to the disk while the next is filled; the last,
+buffers and writes them with ``O_DIRECT``, :data:`DISK_DEPTH` buffers going to the disk while the next is
+filled; the last,
 partial block goes through the page cache.  Where ``O_DIRECT`` is refused (tmpfs, some network and FUSE
 file systems, platforms without it) the same bytes are written through the page cache, source spans copied
 by ``os.copy_file_range`` (:func:`~tmac_convert.writers.copy.copy_span`), with background syncs
@@ -24,6 +25,7 @@ import mmap
 import os
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,8 +36,11 @@ from ..format.tensor import FileSpan
 from .copy import copy_span
 from .writeback import Writeback
 
-#: Bytes of one staging buffer (two are used: one filled while the other is written).
+#: Bytes of one staging buffer.
 STAGING_BYTES = 16 << 20
+#: Staging buffers on their way to the disk at once (one more is being filled): a virtual disk writes 1.05 GB/s
+#: with one direct write in flight, 1.4 GB/s with four (measured on the development VM).
+DISK_DEPTH = 2
 #: Alignment of direct writes (file offset, length and memory address): the largest logical block size in use.
 ALIGN = 4096
 #: Queued array bytes the caller may run ahead of the disk by.
@@ -80,7 +85,7 @@ class SequentialWriter:
         # two anonymous maps (page-aligned, as O_DIRECT wants); the file offset of staging byte 0 is ``_base``,
         # an aligned block start, and the bytes of that block before ``start`` are read back into it
         self._size = max(ALIGN, staging_bytes // ALIGN * ALIGN)
-        self._maps = [mmap.mmap(-1, self._size) for _ in range(2)]
+        self._maps = [mmap.mmap(-1, self._size) for _ in range(DISK_DEPTH + 1)]
         self._bufs = [np.frombuffer(m, dtype=np.uint8) for m in self._maps]
         self._cur = 0
         self._base = start - start % ALIGN if self.mode == "direct" else start
@@ -94,8 +99,8 @@ class SequentialWriter:
                 raise TmacError(f"the file is {self._base + len(head)} bytes long, the data starts at {start}",
                                 file=str(self.path), rule="header written before the data")
             self._bufs[0][:self._fill] = np.frombuffer(head, dtype=np.uint8)
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="tmac-convert-disk")
-        self._inflight: Future | None = None
+        self._disk = ThreadPoolExecutor(DISK_DEPTH, thread_name_prefix="tmac-convert-disk")
+        self._inflight: deque[Future] = deque()  # oldest first
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tmac-convert-writer", daemon=True)
         self._thread.start()
@@ -250,10 +255,12 @@ class SequentialWriter:
             os.close(fd)
 
     def _flush_full(self) -> None:
-        """Hand the full staging buffer to the disk thread and go on filling the other one."""
-        self._wait_disk()
-        self._inflight = self._disk.submit(self._pwrite, memoryview(self._maps[self._cur]), self._base)
-        self._cur ^= 1
+        """Hand the full staging buffer to a disk thread and go on filling the next one (buffers are used in
+        ring order, so the next one is the oldest handed out: waited for here when :data:`DISK_DEPTH` are out)."""
+        if len(self._inflight) >= DISK_DEPTH:
+            self._inflight.popleft().result()
+        self._inflight.append(self._disk.submit(self._pwrite, memoryview(self._maps[self._cur]), self._base))
+        self._cur = (self._cur + 1) % len(self._maps)
         self._advance(self._size)
 
     def _advance(self, n: int) -> None:
@@ -271,9 +278,8 @@ class SequentialWriter:
             self._advance(n)
 
     def _wait_disk(self) -> None:
-        if self._inflight is not None:
-            f, self._inflight = self._inflight, None
-            f.result()
+        while self._inflight:
+            self._inflight.popleft().result()
 
     def _finish(self) -> None:
         """Write the last partial block (through the page cache: its length is not aligned)."""
