@@ -212,10 +212,15 @@ def main() -> None:
             while fh.read(64 << 20):
                 pass
 
-    def durable_copy() -> float:
+    from tmac_convert.convert import convert
+    from tmac_convert.format.tensor import FileSpan
+    from tmac_convert.writers.sequential import SequentialWriter
+
+    def timed_copy(copy_one) -> float:
+        """Seconds to copy every shard into ``work`` with ``copy_one(src, dst)`` and fsync the copies."""
         t = time.perf_counter()
         for f in files:
-            shutil.copyfile(f, work / f.name)
+            copy_one(f, work / f.name)
         for f in files:
             fd = os.open(work / f.name, os.O_RDONLY)
             os.fsync(fd)
@@ -225,28 +230,22 @@ def main() -> None:
             (work / f.name).unlink()
         return dt
 
-    from tmac_convert.convert import convert
-    from tmac_convert.format.tensor import FileSpan
-    from tmac_convert.writers.sequential import SequentialWriter
+    modes = set()
+
+    def writer_copy(src: Path, dst: Path) -> None:
+        """The converter's own writer (O_DIRECT where the file system allows it) moving the bytes unchanged."""
+        dst.write_bytes(b"")
+        w = SequentialWriter(dst, 0)
+        modes.add(w.mode)
+        w.copy(FileSpan(src, 0, src.stat().st_size, "|u1"))
+        w.close()
+
+    def durable_copy() -> float:
+        return timed_copy(shutil.copyfile)
 
     def direct_copy() -> tuple[float, str]:
-        """The same bytes moved the way the converter writes: the converter's own writer (O_DIRECT where
-        the file system allows it), then fsync."""
-        t = time.perf_counter()
-        mode = ""
-        for f in files:
-            (work / f.name).write_bytes(b"")
-            w = SequentialWriter(work / f.name, 0)
-            mode = w.mode
-            w.copy(FileSpan(f, 0, f.stat().st_size, "|u1"))
-            w.close()
-            fd = os.open(work / f.name, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        dt = time.perf_counter() - t
-        for f in files:
-            (work / f.name).unlink()
-        return dt, mode
+        dt = timed_copy(writer_copy)
+        return dt, "/".join(sorted(modes))
 
     out = work / "model.tmac.gguf"
     load = os.getloadavg()[0]
