@@ -20,7 +20,6 @@ thread at its next call or at :meth:`~SequentialWriter.close`.
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import queue
@@ -36,6 +35,11 @@ from ..format.tensor import FileSpan
 from .copy import copy_span
 from .writeback import Writeback
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no O_DIRECT either, so never needed
+    fcntl = None
+
 #: Bytes of one staging buffer.
 STAGING_BYTES = 16 << 20
 #: Staging buffers on their way to the disk at once (one more is being filled): a virtual disk writes 1.05 GB/s
@@ -50,7 +54,7 @@ _DIRECT_FROM_ARRAY = 1 << 20
 #: False: write through the page cache even where direct I/O is available (tests, diagnosis).
 USE_DIRECT_IO = True
 
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_O_DIRECT = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0
 _END = object()
 
 
