@@ -193,3 +193,14 @@ def test_a_conversion_writes_the_same_bytes_with_and_without_direct_io(tmp_path:
     monkeypatch.setattr(sequential, "USE_DIRECT_IO", False)
     convert(FIXTURES / fixture, tmp_path / "buffered.gguf", **options)
     assert (tmp_path / "direct.gguf").read_bytes() == (tmp_path / "buffered.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("value, direct", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_the_environment_can_turn_direct_io_off(value: str, direct: bool) -> None:
+    import subprocess
+    import sys
+
+    code = "from tmac_convert.writers import sequential; print(sequential.USE_DIRECT_IO)"
+    env = {**os.environ, "TMAC_CONVERT_DIRECT_IO": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(direct)

@@ -51,8 +51,9 @@ ALIGN = 4096
 PENDING_BYTES = 128 << 20
 #: Arrays at least this large are written from their own memory in buffered mode (no staging copy).
 _DIRECT_FROM_ARRAY = 1 << 20
-#: False: write through the page cache even where direct I/O is available (tests, diagnosis).
-USE_DIRECT_IO = True
+#: False: write through the page cache even where direct I/O is available (``TMAC_CONVERT_DIRECT_IO=0``,
+#: read once at import; tests set this attribute).
+USE_DIRECT_IO = os.environ.get("TMAC_CONVERT_DIRECT_IO", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0
 _END = object()
