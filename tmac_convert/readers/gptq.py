@@ -381,13 +381,8 @@ def _scale_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[bool, di
     finite, max_abs, zero_v1, zero_v2 = fast
     if not finite:
         return False, {}, {}
-    with np.errstate(over="ignore"):
-        bound_ok = bool(np.isfinite(np.uint16(max_abs).view(np.float16) * np.float16(half)))
-    zero = {"v1": bool(zero_v1), "v2": bool(zero_v2)}
-    if bound_ok:
-        return True, zero, {"v1": True, "v2": True}
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
-        return True, zero, {fmt: bool(np.all(np.isfinite(_zero_offsets(stored, s, bits, fmt)))) for fmt in ("v1", "v2")}
+    return (True, {"v1": bool(zero_v1), "v2": bool(zero_v2)},
+            _offsets_finite(stored, s, bits, np.uint16(max_abs).view(np.float16)))
 
 
 def _zero_offset_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[dict[str, bool], dict[str, bool]]:
@@ -405,18 +400,19 @@ def _zero_offset_facts(stored: np.ndarray, s: np.ndarray, bits: int) -> tuple[di
     s_zero = s == 0
     any_s_zero = bool(s_zero.any())
     zero: dict[str, bool] = {}
-    finite: dict[str, bool] = {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        bound_ok = bool(np.isfinite(s.dtype.type(np.max(np.abs(s), initial=0) * s.dtype.type(half))))
     for fmt, at in (("v1", half - 1), ("v2", half)):  # the stored value whose z is 2**(b-1)
         eq = stored == at
         zero[fmt] = bool(eq.all()) or (any_s_zero and bool((eq | s_zero).all()))
-        if bound_ok:
-            finite[fmt] = True
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
-                finite[fmt] = bool(np.all(np.isfinite(_zero_offsets(stored, s, bits, fmt))))
-    return zero, finite
+    return zero, _offsets_finite(stored, s, bits, np.max(np.abs(s), initial=0))
+
+
+def _offsets_finite(stored: np.ndarray, s: np.ndarray, bits: int, max_abs: np.floating) -> dict[str, bool]:
+    """Per convention, is every ``z'`` finite in the scales' dtype?  Yes when ``max|s|·2**(b-1)`` is (``max_abs``:
+    max |s| in that dtype; rounding is monotonic); only otherwise is ``z'`` computed."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by open()
+        if np.isfinite(s.dtype.type(max_abs * s.dtype.type(1 << (bits - 1)))):
+            return {"v1": True, "v2": True}
+        return {fmt: bool(np.all(np.isfinite(_zero_offsets(stored, s, bits, fmt)))) for fmt in ("v1", "v2")}
 
 
 def _zero_offsets(stored: np.ndarray, s: np.ndarray, bits: int, fmt: str) -> np.ndarray:

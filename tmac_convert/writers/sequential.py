@@ -5,8 +5,7 @@ freshly allocated cache pages and later written back; on the virtual machines th
 copy was the largest single cost of a conversion (``write(2)`` of 4 GiB: 4.4-16 s of kernel time, against
 0.2 s with ``O_DIRECT``).  :class:`SequentialWriter` therefore assembles the bytes into aligned staging
 buffers and writes them with ``O_DIRECT``, :data:`DISK_DEPTH` buffers going to the disk while the next is
-filled; the last,
-partial block goes through the page cache.  Where ``O_DIRECT`` is refused (tmpfs, some network and FUSE
+filled; the last, partial block goes through the page cache.  Where ``O_DIRECT`` is refused (tmpfs, some network and FUSE
 file systems, platforms without it) the same bytes are written through the page cache, source spans copied
 by ``os.copy_file_range`` (:func:`~tmac_convert.writers.copy.copy_span`), with background syncs
 (:class:`~tmac_convert.writers.writeback.Writeback`) so that the final ``fsync`` finds little left.
@@ -87,11 +86,11 @@ class SequentialWriter:
         self._stop = threading.Event()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._writeback = Writeback(self.fd) if self.mode == "buffered" else None
-        # two anonymous maps (page-aligned, as O_DIRECT wants); the file offset of staging byte 0 is ``_base``,
-        # an aligned block start, and the bytes of that block before ``start`` are read back into it
+        # staging buffers in anonymous maps (page-aligned, as O_DIRECT wants), used in ring order; the file offset
+        # of the current one's byte 0 is ``_base``, an aligned block start, and the bytes of that block before
+        # ``start`` are read back into it
         self._size = max(ALIGN, staging_bytes // ALIGN * ALIGN)
-        self._maps = [mmap.mmap(-1, self._size) for _ in range(DISK_DEPTH + 1)]
-        self._bufs = [np.frombuffer(m, dtype=np.uint8) for m in self._maps]
+        self._bufs = [np.frombuffer(mmap.mmap(-1, self._size), dtype=np.uint8) for _ in range(DISK_DEPTH + 1)]
         self._cur = 0
         self._base = start - start % ALIGN if self.mode == "direct" else start
         self._fill = start - self._base
@@ -178,7 +177,7 @@ class SequentialWriter:
             except BaseException as e:  # noqa: BLE001 - a sync's error is the writer's error
                 self._error = self._error or e
         os.close(self.fd)
-        self._bufs = self._maps = []  # unmapped once the views the threads took are gone
+        self._bufs = []  # unmapped once nothing refers to them
 
     # -- the background thread ------------------------------------------------------------------
 
@@ -248,7 +247,7 @@ class SequentialWriter:
                 if self._stop.is_set():
                     return
                 n = min(span.nbytes - done, self._size - self._fill)
-                got = os.preadv(fd, [memoryview(self._maps[self._cur])[self._fill:self._fill + n]], span.offset + done)
+                got = os.preadv(fd, [self._bufs[self._cur][self._fill:self._fill + n]], span.offset + done)
                 if got == 0:
                     raise TmacError(f"the source ended {span.nbytes - done} bytes early", file=str(span.path),
                                     tensor=tensor, rule="tensor data within file")
@@ -264,8 +263,8 @@ class SequentialWriter:
         ring order, so the next one is the oldest handed out: waited for here when :data:`DISK_DEPTH` are out)."""
         if len(self._inflight) >= DISK_DEPTH:
             self._inflight.popleft().result()
-        self._inflight.append(self._disk.submit(self._pwrite, memoryview(self._maps[self._cur]), self._base))
-        self._cur = (self._cur + 1) % len(self._maps)
+        self._inflight.append(self._disk.submit(self._pwrite, memoryview(self._bufs[self._cur]), self._base))
+        self._cur = (self._cur + 1) % len(self._bufs)
         self._advance(self._size)
 
     def _advance(self, n: int) -> None:
@@ -279,7 +278,7 @@ class SequentialWriter:
         if self._fill:
             self._wait_disk()
             n = self._fill
-            self._pwrite(memoryview(self._maps[self._cur])[:n], self._base)
+            self._pwrite(memoryview(self._bufs[self._cur][:n]), self._base)
             self._advance(n)
 
     def _wait_disk(self) -> None:
@@ -292,9 +291,9 @@ class SequentialWriter:
         if not self._fill:
             return
         if self.mode == "direct":
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
+            self._drop_direct()
         n = self._fill
-        self._pwrite(memoryview(self._maps[self._cur])[:n], self._base)
+        self._pwrite(memoryview(self._bufs[self._cur][:n]), self._base)
         self._advance(n)
 
     def _pwrite(self, view: memoryview, offset: int) -> None:
@@ -304,10 +303,13 @@ class SequentialWriter:
             except OSError as e:
                 if e.errno != errno.EINVAL or self.mode != "direct":
                     raise
-                # direct I/O accepted at open but refused on write: the rest goes through the page cache
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                self._drop_direct()  # accepted at open but refused on write: the rest goes through the page cache
                 continue
             if w == 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             view = view[w:]
             offset += w
+
+    def _drop_direct(self) -> None:
+        """Write through the page cache from now on (the descriptor's ``O_DIRECT`` cleared)."""
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
