@@ -47,6 +47,9 @@ typedef struct {
 
 /* The implementation's table (pool.c). */
 const tmac_pool_api *tmac_pool(void);
+/* Times a worker has gone to sleep waiting for a job, since the process started (for tests: back-to-back
+ * calls should keep the workers spinning, calls far apart should let them sleep). */
+uint64_t tmac_pool_sleeps(void);
 
 #ifdef Py_PYTHON_H
 /* For an extension's module init: the pool table from tmac_convert._pool_native, or NULL with ImportError set. */

@@ -6,12 +6,15 @@
   (the process's thread count stays put across calls), and a fork()ed child computes the same results
   instead of waiting on workers that do not exist in it; Python threads calling kernels at once take the pool
   in turn; Ctrl-C interrupts a loop of threaded calls and leaves the pool usable.
+* The workers' spin adapts to the calls: back-to-back calls (a decode loop) find them awake, calls far apart
+  (a conversion, which does other work between) let them sleep instead of burning the cores.
 """
 
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +98,34 @@ def test_pool_threads_persist_across_calls():
         tc.pack(codes, scales, bits=2, bm=256, kfactor=16, threads=3)
         assert _tasks() == before
     assert pool.workers() == workers
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a spinning helper needs a core of its own")
+def test_back_to_back_calls_find_the_workers_awake():
+    # waking a sleeping thread costs about as much as a small GEMV on a virtual machine
+    rng = np.random.default_rng(4)
+    case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
+    x = rng.standard_normal(1024).astype(np.float32)
+    for _ in range(20):  # the pool learns the gaps
+        kernels.gemm(case.blob, x, **case.kw, threads=2)
+    before = pool.sleeps()
+    for _ in range(200):
+        kernels.gemm(case.blob, x, **case.kw, threads=2)
+    assert pool.sleeps() - before < 20
+
+
+def test_calls_far_apart_let_the_workers_sleep():
+    rng = np.random.default_rng(5)
+    case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
+    x = rng.standard_normal(1024).astype(np.float32)
+    for _ in range(5):
+        kernels.gemm(case.blob, x, **case.kw, threads=2)
+        time.sleep(0.005)
+    before = pool.sleeps()
+    for _ in range(20):
+        kernels.gemm(case.blob, x, **case.kw, threads=2)
+        time.sleep(0.005)  # five times the longest spin
+    assert pool.sleeps() - before >= 18  # the one helper slept in (nearly) every gap
 
 
 FORK_SCRIPT = textwrap.dedent("""
