@@ -6,7 +6,7 @@
  * threading; the kernels are in lut_scalar.c, lut_avx2.c and lut_neon.c.
  *
  * Threads: the package's persistent worker pool (pool.h).  The tables of each activation row are built
- * first (rows split over threads), then the tiles are split into contiguous ranges, one per thread; every
+ * first (rows split over threads; with fewer rows than threads, each row in K slices), then the tiles are split into contiguous ranges, one per thread; every
  * output is computed by one thread with the same sequence of operations whatever the thread count, so
  * results are bit-identical for any number of threads.  Tiles are the outer loop; one activation row
  * (GEMV) goes through the per-tile kernel lut_tile_<isa> (the one T-MAC's fork calls), several rows
@@ -167,11 +167,22 @@ static int check_len(Py_buffer *buf, int64_t want, const char *what) {
 /* ---------------------------------------------------------------------------------------------
  * LUT GEMM */
 
+static int64_t lcm64(int64_t a, int64_t b) {
+    int64_t x = a, y = b;
+    while (y) {
+        const int64_t t = x % y;
+        x = y;
+        y = t;
+    }
+    return a / x * b;
+}
+
 typedef struct {
     const lut_problem *p;
     const uint8_t *w;
     const float *S, *x;
     int64_t n, nscale, nbias, nchunk, table_bytes;
+    int64_t slice, nslice; /* the build's K slices per row: nslice of slice activations */
     char *tables;
     float *lscale, *lbias, *sgscale, *vbias, *bsum; /* per row: [nscale], [nbias] x3, [nchunk] */
     lut_row *rows;
@@ -183,35 +194,47 @@ typedef struct {
     lut_tile_rows_fn tile_rows;
 } gemm_ctx;
 
-/* Tables of rows [r0, r1), then what the tile kernels read per sub-group and per chunk. */
-static void gemm_build(void *arg, int64_t r0, int64_t r1, int tid) {
-    gemm_ctx *c = (gemm_ctx *)arg;
+/* One slice [k0, k1) of row r's tables, then what the tile kernels read per sub-group and per chunk of that
+ * slice.  Every quantity is local to its act group, sub-group or chunk, so a slice that starts and ends on
+ * their common boundaries (gemm_ctx.slice) gives exactly the bytes the whole row would. */
+static void build_slice(gemm_ctx *c, int64_t r, int64_t k0, int64_t k1) {
     const lut_problem *p = c->p;
-    const int64_t nsub = p->kf / p->actk;
+    const int64_t nsub = p->kf / p->actk, bg = 4 * p->actk;
+    const int64_t tb = c->table_bytes / (p->k / 4); /* bytes per table */
+    float *ls = c->lscale + r * c->nscale + k0 / p->ags, *lb = c->lbias + r * c->nbias + k0 / bg;
+    float *sgs = c->sgscale + r * c->nbias + k0 / bg, *vb = c->vbias + r * c->nbias + k0 / bg;
+    float *bs = c->bsum + r * c->nchunk + k0 / (4 * p->kf);
+    c->build(c->x + r * p->k + k0, k1 - k0, p->ags, bg, p->mode, c->tables + r * c->table_bytes + (k0 / 4) * tb, ls, lb);
+    for (int64_t sg = 0; sg < (k1 - k0) / bg; ++sg) {
+        const float s = ls[sg * bg / p->ags];
+        if (p->fa) { /* the tree returns about sum/actk: rescale, and remove its rounding bias (spec.py) */
+            sgs[sg] = s * (float)p->actk;
+            vb[sg] = lb[sg] - sgs[sg] * c->fa_factor;
+        } else {
+            sgs[sg] = s;
+            vb[sg] = lb[sg];
+        }
+    }
+    for (int64_t ko = 0; ko < (k1 - k0) / (4 * p->kf); ++ko) {
+        float b = 0.0f;
+        for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
+        bs[ko] = b;
+    }
+}
+
+/* Work items [i0, i1) of the build: item i is slice i % nslice of row i / nslice. */
+static void gemm_build(void *arg, int64_t i0, int64_t i1, int tid) {
+    gemm_ctx *c = (gemm_ctx *)arg;
     (void)tid;
-    for (int64_t r = r0; r < r1; ++r) {
-        float *ls = c->lscale + r * c->nscale, *lb = c->lbias + r * c->nbias;
-        float *sgs = c->sgscale + r * c->nbias, *vb = c->vbias + r * c->nbias, *bs = c->bsum + r * c->nchunk;
-        c->build(c->x + r * p->k, p->k, p->ags, 4 * p->actk, p->mode, c->tables + r * c->table_bytes, ls, lb);
-        for (int64_t sg = 0; sg < c->nbias; ++sg) {
-            const float s = ls[sg * 4 * p->actk / p->ags];
-            if (p->fa) { /* the tree returns about sum/actk: rescale, and remove its rounding bias (spec.py) */
-                sgs[sg] = s * (float)p->actk;
-                vb[sg] = lb[sg] - sgs[sg] * c->fa_factor;
-            } else {
-                sgs[sg] = s;
-                vb[sg] = lb[sg];
-            }
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / c->nslice, sl = i % c->nslice;
+        build_slice(c, r, sl * c->slice, (sl + 1) * c->slice);
+        if (sl == 0) {
+            c->rows[r].table = c->tables + r * c->table_bytes;
+            c->rows[r].sgscale = c->sgscale + r * c->nbias;
+            c->rows[r].vbias = c->vbias + r * c->nbias;
+            c->rows[r].bsum = c->bsum + r * c->nchunk;
         }
-        for (int64_t ko = 0; ko < c->nchunk; ++ko) {
-            float b = 0.0f;
-            for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
-            bs[ko] = b;
-        }
-        c->rows[r].table = c->tables + r * c->table_bytes;
-        c->rows[r].sgscale = sgs;
-        c->rows[r].vbias = vb;
-        c->rows[r].bsum = bs;
     }
 }
 
@@ -280,6 +303,16 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     c.scratch = scratch;
     const int64_t ntiles = p.m0 * p.bits / p.bm;
     const int nt = clamp_threads(threads, ntiles);
+    /* Fewer rows than threads (a GEMV): each row's tables are built in K slices, one per thread, on boundaries
+     * of act groups and kfactor chunks (the unit), so that the build is not one thread's serial work. */
+    {
+        const int64_t unit = lcm64(p.ags, 4 * p.kf), units = p.k / unit;
+        int64_t want = n < nt ? (nt + n - 1) / n : 1;
+        if (want > units) want = units;
+        while (units % want) --want; /* equal slices */
+        c.nslice = want;
+        c.slice = p.k / want;
+    }
     /* the pool's shared workspace: tables, then per row scales, biases, sub-group scales and biases, chunk
      * bias sums, then the row descriptors */
     const size_t nfl = (size_t)n * (c.nscale + 3 * c.nbias + c.nchunk);
@@ -298,7 +331,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
             c.vbias = f, f += n * c.nbias;
             c.bsum = f;
             c.rows = (lut_row *)(mem + table_total + fl_total);
-            pool->run(threads, n, gemm_build, &c);
+            pool->run(threads, n * c.nslice, gemm_build, &c);
             pool->run(nt, ntiles, gemm_tiles, &c);
             ok = 1;
         }

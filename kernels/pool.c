@@ -5,7 +5,7 @@
  * bumps the generation of each participating worker only (idle workers beyond nt are not woken) and
  * signals it.  A worker that has finished its range spins on its counter for a while before it sleeps.
  * How long adapts to the calls: run() measures each worker's idle time (from the end of its last range to
- * the new job) and keeps a running estimate; the worker spins up to twice that estimate when the estimate
+ * the new job) and keeps a decaying maximum of it; the worker spins up to twice that estimate when the estimate
  * is short (back-to-back calls: a decode loop, a benchmark), and only briefly when calls are far apart (a
  * conversion, which calls the pool between other work), so an idle pool does not burn a shared machine's
  * cores.  Why it matters: waking a sleeping thread costs tens to hundreds of microseconds on a virtual
@@ -225,12 +225,13 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
     const uint64_t start = now_ns();
     for (int i = 0; i < helpers; ++i) {
         worker *w = &P.w[i];
-        /* the worker's idle time: a short one pulls the estimate straight down (spin at once for back-to-back
-         * calls), a long one raises it halfway (one stray gap does not stop the spinning for long) */
+        /* the worker's idle time, as a decaying maximum: a kernel call may run the pool twice (tables, then
+         * tiles) with a short idle in between and a longer one until the next call, and the spin must cover
+         * the longer one; the estimate comes down by an eighth of the difference per run */
         const uint64_t fin = atomic_load(&w->finished);
         if (fin) {
             const uint64_t idle = start > fin ? start - fin : 0, est = atomic_load(&w->idle_est);
-            atomic_store(&w->idle_est, idle < est ? idle : (est + idle) / 2);
+            atomic_store(&w->idle_est, idle > est ? idle : est - (est - idle) / 8);
         }
         w->begin = n * (i + 1) / nt;
         w->end = n * (i + 2) / nt;
