@@ -227,11 +227,15 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
         worker *w = &P.w[i];
         /* the worker's idle time, as a decaying maximum: a kernel call may run the pool twice (tables, then
          * tiles) with a short idle in between and a longer one until the next call, and the spin must cover
-         * the longer one; the estimate comes down by an eighth of the difference per run */
+         * the longer one.  The estimate comes down a quarter of the way towards a shorter idle, and an idle
+         * counts as at most 4 ms (all "long"), so after other work the pool is back to spinning within about
+         * four calls. */
         const uint64_t fin = atomic_load(&w->finished);
         if (fin) {
-            const uint64_t idle = start > fin ? start - fin : 0, est = atomic_load(&w->idle_est);
-            atomic_store(&w->idle_est, idle > est ? idle : est - (est - idle) / 8);
+            uint64_t idle = start > fin ? start - fin : 0;
+            if (idle > 4 * SPIN_MAX_NS) idle = 4 * SPIN_MAX_NS;
+            const uint64_t est = atomic_load(&w->idle_est);
+            atomic_store(&w->idle_est, idle > est ? idle : est - (est - idle) / 4);
         }
         w->begin = n * (i + 1) / nt;
         w->end = n * (i + 2) / nt;
