@@ -2,8 +2,8 @@
  * tmac_convert._lut_native: T-MAC LUT GEMM/GEMV over Format A blobs, the dequantise-then-FMA
  * baseline, and exact code dot products for verification.
  *
- * This file holds the Python binding, the run-time choice of path (scalar, AVX2, NEON) and the
- * threading; the kernels are in lut_scalar.c, lut_avx2.c and lut_neon.c.
+ * This file holds the Python binding, the run-time choice of path (scalar, AVX2, AVX-512, NEON) and the
+ * threading; the kernels are in lut_scalar.c, lut_avx2.c, lut_avx512.c and lut_neon.c.
  *
  * Threads: the package's persistent worker pool (pool.h).  The tables of each activation row are built
  * first (rows split over threads; with fewer rows than threads, each row in K slices), then the tiles are split into contiguous ranges, one per thread; every
@@ -38,6 +38,19 @@ static int have_avx2(void) {
 #endif
 }
 
+/* The AVX-512 kernels use AVX-512 BW (vpshufb, vpmaddubsw on 512 bits) and VL (256-bit EVEX forms the compiler
+ * may pick for the AVX2-width float stage); the same test as the kit's kit_cpu_avx512. */
+static int have_avx512(void) {
+#if defined(TMAC_AVX512_SIMDE) /* a verification build: the AVX-512 kernels run on SIMDe's emulated intrinsics */
+    return have_avx2();
+#elif defined(TMAC_HAVE_AVX512)
+    return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 static int have_neon(void) {
 #ifdef TMAC_HAVE_NEON
     return 1;
@@ -50,9 +63,10 @@ static int have_neon(void) {
  * -1 (with ValueError set) when the requested path is not available. */
 static int choose_path(int requested) {
     switch (requested) {
-    case PATH_AUTO: return have_avx2() ? PATH_AVX2 : have_neon() ? PATH_NEON : PATH_SCALAR;
+    case PATH_AUTO: return have_avx512() ? PATH_AVX512 : have_avx2() ? PATH_AVX2 : have_neon() ? PATH_NEON : PATH_SCALAR;
     case PATH_SCALAR: return PATH_SCALAR;
     case PATH_AVX2: if (have_avx2()) return PATH_AVX2; break;
+    case PATH_AVX512: if (have_avx512()) return PATH_AVX512; break;
     case PATH_NEON: if (have_neon()) return PATH_NEON; break;
     }
     PyErr_Format(PyExc_ValueError, "kernel path %d is not available in this build on this CPU", requested);
@@ -65,6 +79,9 @@ static build_fn build_for(int path) {
 #ifdef TMAC_HAVE_AVX2
     if (path == PATH_AVX2) return lut_build_avx2;
 #endif
+#ifdef TMAC_HAVE_AVX512
+    if (path == PATH_AVX512) return lut_build_avx512;
+#endif
     (void)path;
     return lut_build_scalar;
 }
@@ -72,6 +89,9 @@ static build_fn build_for(int path) {
 static lut_tile_fn tile_for(int path) {
 #ifdef TMAC_HAVE_AVX2
     if (path == PATH_AVX2) return lut_tile_avx2;
+#endif
+#ifdef TMAC_HAVE_AVX512
+    if (path == PATH_AVX512) return lut_tile_avx512;
 #endif
 #ifdef TMAC_HAVE_NEON
     if (path == PATH_NEON) return lut_tile_neon;
@@ -84,6 +104,9 @@ static lut_tile_rows_fn tile_rows_for(int path) {
 #ifdef TMAC_HAVE_AVX2
     if (path == PATH_AVX2) return lut_tile_rows_avx2;
 #endif
+#ifdef TMAC_HAVE_AVX512
+    if (path == PATH_AVX512) return lut_tile_rows_avx512;
+#endif
 #ifdef TMAC_HAVE_NEON
     if (path == PATH_NEON) return lut_tile_rows_neon;
 #endif
@@ -93,7 +116,7 @@ static lut_tile_rows_fn tile_rows_for(int path) {
 
 static dq_tile_fn dq_for(int path) {
 #ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2) return dq_tile_avx2;
+    if (path == PATH_AVX2 || path == PATH_AVX512) return dq_tile_avx2; /* AVX-512 has no baseline of its own */
 #endif
     (void)path;
     return dq_tile_scalar;
@@ -101,7 +124,7 @@ static dq_tile_fn dq_for(int path) {
 
 static ref_fn ref_for(int path) {
 #ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2) return ref_rows_avx2;
+    if (path == PATH_AVX2 || path == PATH_AVX512) return ref_rows_avx2;
 #endif
     (void)path;
     return ref_rows_scalar;
@@ -584,8 +607,9 @@ static PyObject *py_paths(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
     PyObject *l = PyList_New(0);
     if (!l) return NULL;
-    const char *names[3] = {"scalar", have_avx2() ? "avx2" : NULL, have_neon() ? "neon" : NULL};
-    for (int i = 0; i < 3; ++i) {
+    const char *names[4] = {"scalar", have_avx2() ? "avx2" : NULL, have_avx512() ? "avx512" : NULL,
+                            have_neon() ? "neon" : NULL};
+    for (int i = 0; i < 4; ++i) {
         if (!names[i]) continue;
         PyObject *s = PyUnicode_FromString(names[i]);
         if (!s || PyList_Append(l, s) < 0) {

@@ -2,7 +2,7 @@
  * T-MAC LUT kernels: shared types and the per-path entry points (no Python here).
  *
  * The semantics, including the order of every float operation, are those of
- * tmac_convert/kernels/reference.py; each path (scalar, AVX2, NEON) reproduces them bit for bit.
+ * tmac_convert/kernels/reference.py; each path (scalar, AVX2, AVX-512, NEON) reproduces them bit for bit.
  * That is why this code never uses FMA in the LUT path and is built with -ffp-contract=off:
  * a fused multiply-add rounds once where the reference rounds twice.
  *
@@ -31,7 +31,7 @@ static inline void lut_biases(const float *x, int64_t k, int64_t bias_group, flo
         lbias[g] = b;
     }
 }
-enum { PATH_AUTO = 0, PATH_SCALAR = 1, PATH_AVX2 = 2, PATH_NEON = 3 };
+enum { PATH_AUTO = 0, PATH_SCALAR = 1, PATH_AVX2 = 2, PATH_NEON = 3, PATH_AVX512 = 4 };
 
 /* One kernel problem, checked by the caller (tmac_convert/kernels/spec.py and lut.c). */
 typedef struct {
@@ -107,6 +107,19 @@ void dq_tile_avx2(const lut_problem *p, const uint8_t *w, const float *s, const 
                   float *y, int64_t ldy, float *work);
 void ref_rows_avx2(const uint8_t *codes, int64_t rows, int64_t k, const int16_t *a, int64_t n, int64_t gs,
                    double h, const double *s, const double *z, const double *A, double *y, int64_t ldy);
+#endif
+
+/* AVX-512 (lut_avx512.c): compiled with per-function target attributes and chosen at run time, like AVX2;
+ * TMAC_AVX512_SIMDE builds it on any CPU with SIMDe's emulated intrinsics (verification only).  Float tables,
+ * fast aggregation and the table build are the AVX2 ones. */
+#if defined(TMAC_AVX512_SIMDE) || ((defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)))
+#define TMAC_HAVE_AVX512 1
+void lut_build_avx512(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
+                      float *lscale, float *lbias);
+void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
+                     float *y);
+void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,
+                          int64_t nrows, float *C, float *y, int64_t ldy);
 #endif
 
 #if defined(__ARM_NEON) && defined(__aarch64__)

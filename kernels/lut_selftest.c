@@ -5,11 +5,14 @@
  *   aarch64-linux-gnu-gcc -O2 -std=c11 -ffp-contract=off kernels/lut_selftest.c kernels/lut_scalar.c \
  *       kernels/lut_neon.c kernels/lut_avx2.c -lm -o selftest && qemu-aarch64 -L /usr/aarch64-linux-gnu ./selftest
  *
- * and, built natively on x86, the AVX2 path.  Random blobs (any byte is a valid layout), scales, zeros
- * and activations over bits 1-4, zero points, per-tensor scales, kfactor 8/16/32, act groups 32/64/K,
- * int8, float and fast-aggregation tables, one row (lut_tile_*) and a block of 3 rows (lut_tile_rows_*);
- * every output must equal the scalar kernel's bit for bit.
- * Prints "OK <cases> <path>" and exits 0, or the first mismatch and exits 1.
+ * and, built natively on x86, the AVX2 path; with kernels/lut_avx512.c and -DTMAC_SELFTEST_AVX512 also the
+ * AVX-512 path, natively where the CPU has it, or anywhere with -DTMAC_AVX512_SIMDE -I<dir of simde/> (its
+ * intrinsics emulated by SIMDe).  Random blobs (any byte is a valid layout), scales, zeros and activations
+ * over bits 1-4, zero points, per-tensor scales, kfactor 8/16/32, act groups 32/64/K, then odd sub-group
+ * sizes (1-6, 10, 12, 20 tables), kfactor 2/4/64 and the largest sub-group (128 tables); int8, float and
+ * fast-aggregation tables, one row (lut_tile_*) and a block of 3 rows (lut_tile_rows_*); every output must
+ * equal the scalar kernel's bit for bit.
+ * Prints "OK <cases> <path>" per path and exits 0, or the first mismatch and "FAIL <path>" and exits 1.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,21 +107,31 @@ static int run_case(lut_tile_fn simd, lut_tile_rows_fn simd_rows, int bits, int6
     return bad;
 }
 
-int main(void) {
-    lut_tile_fn simd = NULL;
-    lut_tile_rows_fn simd_rows = NULL;
-    const char *name = "none";
-#if defined(TMAC_HAVE_NEON)
-    simd = lut_tile_neon, simd_rows = lut_tile_rows_neon, name = "neon";
-#elif defined(TMAC_HAVE_AVX2)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        simd = lut_tile_avx2, simd_rows = lut_tile_rows_avx2, name = "avx2";
-#endif
-    if (!simd) {
-        printf("SKIP no SIMD path in this build\n");
-        return 0;
-    }
+typedef struct {
+    const char *name;
+    lut_tile_fn tile;
+    lut_tile_rows_fn rows;
+} simd_path;
+
+/* Sub-group sizes besides 8/16/32 (remainders of the SIMD widths, the generic code) and chunks wider than the
+ * row block's limit, up to the largest sub-group the int16 sums admit (128 tables). */
+static const struct { int64_t kf, k, gs, ags; } odd_shapes[] = {
+    {6, 480, 120, 4},      /* actk 1 */
+    {6, 480, 120, 8},      /* actk 2 */
+    {6, 480, 120, 24},     /* actk 6 */
+    {12, 384, 96, 12},     /* actk 3 */
+    {12, 384, 96, 48},     /* actk 12 */
+    {20, 640, 160, 20},    /* actk 5 */
+    {20, 640, 160, 40},    /* actk 10 */
+    {20, 640, 160, 640},   /* act group K: actk 20 */
+    {4, 512, 64, 16},      /* actk 4, kfactor 4 */
+    {2, 512, 32, 8},       /* actk 2, kfactor 2 */
+    {64, 512, 256, 64},    /* kfactor 64, actk 16 */
+    {128, 512, 512, 512},  /* actk 128 */
+};
+
+/* Every case through one path; the number of cases, or -1 at the first mismatch. */
+static int run_path(const simd_path *sp) {
     int cases = 0;
     const int bms[4][2] = {{256, 512}, {128, 256}, {192, 384}, {256, 512}};
     for (int bits = 1; bits <= 4; ++bits)
@@ -133,10 +146,65 @@ int main(void) {
                         const int zp = var == 1, per_tensor = var == 2 && bits == 2;
                         const int mode = var == 3 ? LUT_FLOAT : LUT_INT8;
                         for (int fa = 0; fa <= (mode == LUT_INT8); ++fa) {
-                            if (run_case(simd, simd_rows, bits, m0, k, bm, kf, gs, zp, per_tensor, ags, mode, fa)) return 1;
+                            if (run_case(sp->tile, sp->rows, bits, m0, k, bm, kf, gs, zp, per_tensor, ags, mode, fa))
+                                return -1;
                             ++cases;
                         }
                     }
-    printf("OK %d %s\n", cases, name);
+    for (size_t i = 0; i < sizeof odd_shapes / sizeof odd_shapes[0]; ++i)
+        for (int bits = 1; bits <= 4; ++bits)
+            for (int var = 0; var < 4; ++var) {
+                const int64_t kf = odd_shapes[i].kf, k = odd_shapes[i].k, ags = odd_shapes[i].ags;
+                const int64_t bm = bms[bits - 1][0], m0 = 2 * bm / bits, actk = ags / 4 < kf ? ags / 4 : kf;
+                const int zp = var == 1, per_tensor = var == 2 && bits == 2;
+                const int mode = var == 3 ? LUT_FLOAT : LUT_INT8;
+                const int fa_ok = mode == LUT_INT8 && !(actk & (actk - 1)) && actk <= 32; /* lut.c's rule */
+                for (int fa = 0; fa <= fa_ok; ++fa) {
+                    if (run_case(sp->tile, sp->rows, bits, m0, k, bm, kf, odd_shapes[i].gs, zp, per_tensor, ags, mode, fa))
+                        return -1;
+                    ++cases;
+                }
+            }
+    return cases;
+}
+
+int main(void) {
+    simd_path paths[2];
+    int n = 0;
+#if defined(TMAC_HAVE_NEON)
+    paths[n++] = (simd_path){"neon", lut_tile_neon, lut_tile_rows_neon};
+#elif defined(TMAC_HAVE_AVX2)
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) paths[n++] = (simd_path){"avx2", lut_tile_avx2, lut_tile_rows_avx2};
+#endif
+    /* AVX-512 when the build includes lut_avx512.c (TMAC_SELFTEST_AVX512): natively on CPUs with AVX-512 F/BW/VL,
+     * or on any CPU with the intrinsics emulated by SIMDe (TMAC_AVX512_SIMDE); its fallbacks (float tables, fast
+     * aggregation) are the AVX2 functions where this build has them. */
+#if defined(TMAC_SELFTEST_AVX512) && defined(TMAC_HAVE_AVX512)
+#if defined(TMAC_AVX512_SIMDE)
+#if defined(TMAC_HAVE_AVX2)
+    if (avx2)
+#endif
+        paths[n++] = (simd_path){"avx512 (SIMDe)", lut_tile_avx512, lut_tile_rows_avx512};
+#else
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        paths[n++] = (simd_path){"avx512", lut_tile_avx512, lut_tile_rows_avx512};
+#endif
+#endif
+    if (n == 0) {
+        printf("SKIP no SIMD path in this build\n");
+        return 0;
+    }
+    for (int i = 0; i < n; ++i) {
+        const int cases = run_path(&paths[i]);
+        if (cases < 0) {
+            printf("FAIL %s\n", paths[i].name);
+            return 1;
+        }
+        printf("OK %d %s\n", cases, paths[i].name);
+        fflush(stdout);
+    }
     return 0;
 }

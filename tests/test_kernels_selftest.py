@@ -1,9 +1,10 @@
-"""The C self-test of the SIMD tile kernels against the scalar one: AVX2 natively, NEON under qemu.
+"""The C self-test of the SIMD tile kernels against the scalar one: AVX2 (and AVX-512 where the CPU has it)
+natively, NEON under qemu.
 
-kernels/lut_selftest.c runs 448 random problems (bits 1-4, zero points, per-tensor scales, kfactor 8/16/32,
-act groups 32/64/K, int8, float and fast-aggregation tables) and requires bit-identical outputs.  The NEON
-run needs ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu, qemu-user) and is
-skipped without them.
+kernels/lut_selftest.c runs 700 random problems per path (bits 1-4, zero points, per-tensor scales, kfactor
+2-128, sub-groups of 1-128 tables, int8, float and fast-aggregation tables) and requires bit-identical
+outputs.  The NEON run needs ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` (Debian: gcc-aarch64-linux-gnu,
+qemu-user) and is skipped without them.  The AVX-512 path on CPUs without it: tests/test_kernels_avx512.py.
 """
 
 import shutil
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [str(ROOT / "kernels" / f) for f in ("lut_selftest.c", "lut_scalar.c", "lut_neon.c", "lut_avx2.c")]
-FLAGS = ["-O2", "-std=c11", "-ffp-contract=off"]
+SOURCES = [str(ROOT / "kernels" / f) for f in ("lut_selftest.c", "lut_scalar.c", "lut_neon.c", "lut_avx2.c", "lut_avx512.c")]
+FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-DTMAC_SELFTEST_AVX512"]
 
 
 def _build_and_run(cc: str, run_prefix: list[str], out: Path) -> str:

@@ -36,7 +36,7 @@ def drivers(models, tmp_path_factory):
     d = tmp_path_factory.mktemp("kit-drivers")
     out = {}
     for fam, model in models.items():
-        write_kit(model, d / fam / "kit", isa="avx2")
+        write_kit(model, d / fam / "kit", isa="avx512" if "avx512" in available_paths() else "avx2")
         out[fam] = build_driver(d / fam / "kit", d / fam / "build")
     return out
 
@@ -60,7 +60,7 @@ def test_kit_is_bit_identical_to_tmac_convert_int8_gemm_on_every_shape(family, m
     for t in one_tensor_per_shape(model):
         blob, x = tensor_blob(model, t), _x(t)
         want = _lut_gemm(blob, x, t)
-        for path in [p for p in ("scalar", "avx2") if p in available_paths()]:
+        for path in [p for p in ("scalar", "avx2", "avx512") if p in available_paths()]:
             for threads in (1, 2):
                 r = drv.run(blob, x, t, tmp_path, threads=threads, env={"TMAC_KIT_PATH": path})
                 assert r.returncode == 0, r.stderr

@@ -199,7 +199,7 @@ def test_verification_is_reproducible_and_reports_its_run():
     d = r1.as_dict()
     assert d["rows"] == 3 and d["int8_factor"] == verify.INT8_FACTOR and d["bits"] == 1
     assert d["exact_limit"] == verify.exact_limit(512, 1, 16, 64, False) and d["int8_rows_checked"] == 256
-    assert d["path"] in ("avx2", "neon", "scalar", "reference") and d["seconds"] >= 0
+    assert d["path"] in ("avx512", "avx2", "neon", "scalar", "reference") and d["seconds"] >= 0
 
 
 def test_large_tensors_judge_int8_on_evenly_spread_rows():

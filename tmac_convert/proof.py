@@ -111,7 +111,7 @@ class VerifyResult:
     rows: int               # activation rows used
     act_group_size: int     # activations per int8 table scale (K for the whole K)
     bits: int
-    path: str               # kernel path that ran: avx2, neon, scalar or reference
+    path: str               # kernel path that ran: avx512, avx2, neon, scalar or reference
     seconds: float
     normaliser: str = "output"
     int8_rows_checked: int = 0

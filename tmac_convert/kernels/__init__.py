@@ -2,13 +2,14 @@
 
 * :func:`gemm` — ``y = x @ W.T`` read from the blob as T-MAC's runtime reads it (section 4 of the format
   notes): int8 tables per 4 activations, int16 sums per kfactor chunk, float scales.  Native code
-  (AVX2 ``_mm256_shuffle_epi8``, NEON ``vqtbl1q_s8`` or portable C, chosen at run time) when the
+  (AVX-512 ``_mm512_shuffle_epi8``, AVX2 ``_mm256_shuffle_epi8``, NEON ``vqtbl1q_s8`` or portable C, chosen at
+  run time) when the
   extension is built, else the numpy reference; both give the same bits.
 * :func:`dequant_gemm` — the fair baseline: dequantise the same packed bits to float, then FMA.
 * :mod:`.reference` — the numpy reference; :mod:`.tune` — tile tuning on this CPU.
 
 The kernel path can be forced with ``path=`` or the environment variable ``TMAC_CONVERT_KERNEL_PATH``
-(``auto``, ``scalar``, ``avx2``, ``neon`` or ``reference``).
+(``auto``, ``scalar``, ``avx2``, ``avx512``, ``neon`` or ``reference``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ._native import native
 from .spec import LUT_MODES, Problem, as_activations, check_fast_aggregation, fast_aggregation_bias_factor, resolve
 
 ENV_PATH = "TMAC_CONVERT_KERNEL_PATH"
-_PATH_IDS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3}
+_PATH_IDS = {"auto": 0, "scalar": 1, "avx2": 2, "neon": 3, "avx512": 4}
 _MODE_IDS = {"int8": 0, "float": 1}
 
 __all__ = ["gemm", "dequant_gemm", "available_paths", "resolve_path", "Problem", "resolve", "LUT_MODES", "ENV_PATH"]
@@ -40,15 +41,15 @@ def available_paths() -> list[str]:
 def resolve_path(path: str | None = None) -> str:
     """The concrete path a call runs on: ``path``, else ``$TMAC_CONVERT_KERNEL_PATH``, else the best one.
 
-    ``"auto"`` picks AVX2 or NEON when available, else scalar C, else the numpy reference.
+    ``"auto"`` picks AVX-512 (F, BW, VL), AVX2 or NEON when available, else scalar C, else the numpy reference.
     """
     want = (path or os.environ.get(ENV_PATH) or "auto").strip().lower()
     have = available_paths()
     if want == "auto":
-        return next((p for p in ("avx2", "neon", "scalar") if p in have), "reference")
+        return next((p for p in ("avx512", "avx2", "neon", "scalar") if p in have), "reference")
     if want not in _PATH_IDS and want != "reference":
-        raise TmacError(f"unknown kernel path {want!r}; choose one of auto, scalar, avx2, neon, reference",
-                        rule="kernel path")
+        raise TmacError(f"unknown kernel path {want!r}; choose one of auto, scalar, avx2, avx512, neon, "
+                        "reference", rule="kernel path")
     if want not in have:
         raise TmacError(f"kernel path {want!r} is not available here (available: {', '.join(have)})",
                         rule="kernel path")
@@ -115,7 +116,8 @@ def dequant_gemm(blob: np.ndarray, x: np.ndarray, *, m: int, k: int, bits: int, 
                  name: str | None = None) -> np.ndarray:
     """Baseline ``y = x @ W.T``: dequantise the blob's packed bits to float weights, then multiply-add.
 
-    Same arguments and result as :func:`gemm` (no LUT options).  Native code when built (AVX2 or scalar);
+    Same arguments and result as :func:`gemm` (no LUT options).  Native code when built (AVX2, which the
+    ``avx512`` path uses too, or scalar);
     otherwise it unpacks the blob and uses a numpy float32 product.
     """
     p, flat = resolve(blob, m=m, k=k, bits=bits, group_size=group_size, zero_point=zero_point, bm=bm,

@@ -1,0 +1,331 @@
+/*
+ * AVX-512 paths (x86 with GCC or Clang; chosen at run time on CPUs with AVX-512 F, BW and VL).
+ *
+ * LUT tile kernel: the structure of the AVX2 one (lut_avx2.c) at twice the width.
+ *   - Per chunk and 32-row block, one 64-byte load takes the weight vectors of four consecutive tables
+ *     (one per 128-bit lane) and one 64-byte load those four tables, so one _mm512_shuffle_epi8 looks up
+ *     16 rows in four tables: once with the low nibbles (rows 0..15 of the block), once with the high
+ *     nibbles (rows 16..31).
+ *   - The int8 results are widened to int16 as on AVX2 (pmaddubsw against 1,0,1,0... for the even rows,
+ *     an arithmetic shift right by 8 for the odd rows) and summed over the sub-group's tables; the four
+ *     lanes are added only at the end of the sub-group (integer sums of at most 128 tables are exact in
+ *     int16 in any order), then the even and odd rows are re-interleaved and converted to float.
+ *   - A sub-group whose table count is not a multiple of four reads its last 1-3 weight vectors and
+ *     tables into a zeroed register (nothing past the sub-group is read): a zero lane looks up entry 0
+ *     of a zero table, adding 0.
+ *   - The float stage is lut_avx2.c's, in 256-bit vectors (8 rows, one block of 8 outputs of one
+ *     bit-plane), repeating reference.py's operations in the same order: mul, then add, never FMA.
+ * The row block (GEMM) splits each 32-row block's weight nibbles once and looks up every row's tables
+ * with them.  Float tables and fast aggregation go to the AVX2 functions, and so does the table build.
+ * VBMI's vpermb (64-byte lookups) is not used: the layout already puts one table in each 128-bit lane,
+ * so a 64-byte lookup would do no more per instruction than vpshufb does.
+ *
+ * Verification: no AVX-512 hardware was available.  The file was checked bit for bit against the scalar
+ * kernel by kernels/lut_selftest.c built with -DTMAC_AVX512_SIMDE, which compiles this same source with
+ * every intrinsic emulated by SIMDe (tests/test_kernels_avx512.py); on AVX-512 CPUs the self-test and the
+ * Python tests run it natively.  No speed has been measured.
+ */
+#include "lut_core.h"
+
+#ifdef TMAC_HAVE_AVX512
+
+#include <string.h>
+
+#ifdef TMAC_AVX512_SIMDE
+/* Emulation for verification: the _mm512_* and _mm256_* names below become SIMDe's portable versions. */
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define AVX512
+#else
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl")))
+#endif
+
+/* What this file does not specialise: float tables and fast aggregation. */
+#ifdef TMAC_HAVE_AVX2
+#define FALLBACK(name) name##_avx2
+#else /* only with SIMDe on a machine without AVX2 */
+#define FALLBACK(name) name##_scalar
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+/* Software prefetch in the GEMV tile kernel, as in lut_avx2.c (whose values were measured there, for AVX2). */
+#define LUT_PREFETCH_BYTES 4096
+#define LUT_PREFETCH_GROUPS 2
+
+void lut_build_avx512(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
+                      float *lscale, float *lbias) {
+    FALLBACK(lut_build)(x, k, ags, bias_group, mode, table, lscale, lbias);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Integer sums of one sub-group */
+
+/* r (1..4) consecutive 16-byte vectors at p, one per 128-bit lane; zeros in the lanes from r on. */
+INLINE AVX512 __m512i load_lanes(const void *p, int64_t r) {
+    const uint8_t *b = (const uint8_t *)p;
+    if (r >= 4) return _mm512_loadu_si512(p);
+    const __m512i z = _mm512_setzero_si512();
+    if (r == 1) return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)b), 0);
+    const __m512i two = _mm512_inserti64x4(z, _mm256_loadu_si256((const __m256i *)b), 0);
+    return r == 2 ? two : _mm512_inserti32x4(two, _mm_loadu_si128((const __m128i *)(b + 32)), 2);
+}
+
+/* Four tables (one per lane) looked up with their rows' low-nibble (lo: rows 0..15) and high-nibble
+ * (hi: rows 16..31) indices, widened and added to acc: even rows 0..15, odd rows 0..15, even rows
+ * 16..31, odd rows 16..31. */
+INLINE AVX512 void lookup4(__m512i T, __m512i lo, __m512i hi, __m512i acc[4]) {
+    const __m512i even = _mm512_set1_epi16(0x0001);
+    const __m512i a = _mm512_shuffle_epi8(T, lo), b = _mm512_shuffle_epi8(T, hi);
+    acc[0] = _mm512_add_epi16(acc[0], _mm512_maddubs_epi16(even, a));
+    acc[1] = _mm512_add_epi16(acc[1], _mm512_srai_epi16(a, 8));
+    acc[2] = _mm512_add_epi16(acc[2], _mm512_maddubs_epi16(even, b));
+    acc[3] = _mm512_add_epi16(acc[3], _mm512_srai_epi16(b, 8));
+}
+
+/* acc (as lookup4 leaves it) to floats: the four lanes added, the rows put back in order;
+ * f[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
+INLINE AVX512 void sums_to_floats(const __m512i acc[4], __m256 f[4]) {
+    /* lanes (ae0+ae2, ae1+ae3, be0+be2, be1+be3), the same for the odd rows */
+    const __m512i e = _mm512_add_epi16(_mm512_shuffle_i32x4(acc[0], acc[2], 0x44),
+                                       _mm512_shuffle_i32x4(acc[0], acc[2], 0xEE));
+    const __m512i o = _mm512_add_epi16(_mm512_shuffle_i32x4(acc[1], acc[3], 0x44),
+                                       _mm512_shuffle_i32x4(acc[1], acc[3], 0xEE));
+    /* lanes: even rows 0-15, even rows 16-31, odd rows 0-15, odd rows 16-31 */
+    const __m512i s = _mm512_add_epi16(_mm512_shuffle_i32x4(e, o, 0x88), _mm512_shuffle_i32x4(e, o, 0xDD));
+    const __m256i ev = _mm512_castsi512_si256(s), od = _mm512_extracti64x4_epi64(s, 1);
+    const __m256i lo = _mm256_unpacklo_epi16(ev, od), hi = _mm256_unpackhi_epi16(ev, od); /* rows 0-7|16-23, 8-15|24-31 */
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)));
+}
+
+/* int8 sums of one sub-group for the 32 rows of a block, as 4 float vectors (rows 0-7, ..., 24-31).
+ * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group. */
+INLINE AVX512 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    int64_t i = 0;
+#pragma GCC unroll 4
+    for (; i + 4 <= n; i += 4) {
+        const __m512i W = _mm512_loadu_si512(wv + 16 * i);
+        lookup4(_mm512_loadu_si512(tv + 16 * i), _mm512_and_si512(W, m4),
+                _mm512_and_si512(_mm512_srli_epi16(W, 4), m4), acc);
+    }
+    if (i < n) {
+        const __m512i W = load_lanes(wv + 16 * i, n - i);
+        lookup4(load_lanes(tv + 16 * i, n - i), _mm512_and_si512(W, m4), _mm512_and_si512(_mm512_srli_epi16(W, 4), m4),
+                acc);
+    }
+    sums_to_floats(acc, f);
+}
+
+/* The same from indices split beforehand (the row block): lo[g], hi[g] for tables 4g..4g+3. */
+INLINE AVX512 void sums_split(const __m512i *lo, const __m512i *hi, const int8_t *tv, int64_t n, __m256 f[4]) {
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    int64_t i = 0, g = 0;
+#pragma GCC unroll 4
+    for (; i + 4 <= n; i += 4, ++g) lookup4(_mm512_loadu_si512(tv + 16 * i), lo[g], hi[g], acc);
+    if (i < n) lookup4(load_lanes(tv + 16 * i, n - i), lo[g], hi[g], acc);
+    sums_to_floats(acc, f);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The float stage, as in lut_avx2.c */
+
+/* Where row block q (0..3) of 32-row block B lives: plane 0 or not, and the offset of its 8 scales.  With a
+ * compile-time BITS of 1, 2 or 4 (4 divides 32/8), both follow from q alone; otherwise from the info table. */
+#define PLANE0(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? ((q) % (BITS ? BITS : 1) == 0) : (bi[q] & 1))
+#define SOFF(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? (B * (4 / (BITS ? BITS : 1)) + (q) / (BITS ? BITS : 1)) * blk \
+                                                        : (int64_t)(bi[q] >> 1))
+
+/* One sub-group's sums scaled by its table scale, plane 0 biased, added to acc. */
+INLINE AVX512 void add_subgroup(const __m256 f[4], __m256 vs, float vbias, int64_t sub, const int32_t *bi,
+                                const int BITS, __m256 acc[4]) {
+    for (int q = 0; q < 4; ++q) {
+        __m256 v = _mm256_mul_ps(f[q], vs);
+        if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(vbias));
+        acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
+    }
+}
+
+/* A chunk's accumulators into the block's 32 partial outputs cb: times the weight scales, plus the zero
+ * offsets' share on plane 0 (vbsum: the chunk's table-bias sum). */
+INLINE AVX512 void update_block(float *cb, const __m256 acc[4], const float *Sg, __m256 vbsum, int per_tensor, int zp,
+                                const int32_t *bi, int64_t B, int blk, const int BITS) {
+    const __m256 two = _mm256_set1_ps(2.0f);
+    for (int q = 0; q < 4; ++q) {
+        __m256 cv = _mm256_loadu_ps(cb + q * 8);
+        if (per_tensor) {
+            cv = _mm256_add_ps(cv, acc[q]);
+        } else {
+            const float *sq = Sg + SOFF(q);
+            cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
+            if (zp && PLANE0(q))
+                cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
+        }
+        _mm256_storeu_ps(cb + q * 8, cv);
+    }
+}
+
+/* y = sum_i alpha_i C[plane i] (alpha = 1/2, 1, 2, 4), times the per-tensor scale s0 where there is one. */
+INLINE AVX512 void combine_planes(const float *C, float *y, int64_t P, int b, int per_tensor, float s0) {
+    for (int64_t ob = 0; ob < P / 8; ++ob) {
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(C + ob * 8 * b));
+        for (int i = 1; i < b; ++i)
+            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps((float)(1 << (i - 1))), _mm256_loadu_ps(C + ob * 8 * b + i * 8)));
+        if (per_tensor) v = _mm256_mul_ps(v, _mm256_set1_ps(s0));
+        _mm256_storeu_ps(y + ob * 8, v);
+    }
+}
+
+/* Per 8-row block of the tile: offset of its 8 scales within a group's scales, times 2, plus 1 on bit-plane 0. */
+INLINE void block_info(int32_t *info, int64_t bm, int b, int blk) {
+    for (int64_t ib = 0; ib < bm / 8; ++ib) info[ib] = (int32_t)((ib / b) * blk * 2 + (ib % b == 0));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One row through one tile (GEMV), int8 tables summed in int16.  ACTK and BITS are compile-time constants
+ * in the specialised copies below (0: read them from p). */
+
+INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
+                               float *y, const int64_t ACTK, const int BITS) {
+    const int64_t actk = ACTK ? ACTK : p->actk;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
+    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const int8_t *table = (const int8_t *)row->table;
+    int32_t *info = (int32_t *)(C + bm);
+    block_info(info, bm, b, blk);
+    const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
+    memset(C, 0, (size_t)bm * sizeof(float));
+    const float *Sg = S;
+    int64_t left = chunks_per_group;
+    for (int64_t ko = 0; ko < KO; ++ko) {
+        const uint8_t *wk = w + ko * nB * kf * 16;
+        const int8_t *tk = table + ko * kf * 16;
+        const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
+        for (int64_t B = 0; B < nB; ++B) {
+            const int32_t *bi = info + 4 * B;
+            const uint8_t *wb = wk + B * kf * 16;
+            for (int64_t o = 0; o < kf * 16; o += 64) _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
+            if (!per_tensor && group_stride >= 16) /* one line of a later group's scales per block */
+                _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride +
+                                            (((chunks_per_group - left) * nB + B) * 16) % group_stride), _MM_HINT_T0);
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t sub = 0; sub < nsub; ++sub) {
+                const int64_t sg = ko * nsub + sub;
+                __m256 f[4];
+                sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
+                add_subgroup(f, _mm256_set1_ps(row->sgscale[sg]), row->vbias[sg], sub, bi, BITS, acc);
+            }
+            update_block(C + B * 32, acc, Sg, vbsum, per_tensor, zp, bi, B, blk, BITS);
+        }
+        if (--left == 0) { /* next weight group */
+            Sg += group_stride;
+            left = chunks_per_group;
+        }
+    }
+    combine_planes(C, y, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+}
+
+AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
+                            float *y) {
+    if (p->mode != LUT_INT8 || p->fa) {
+        FALLBACK(lut_tile)(p, w, S, row, C, y);
+        return;
+    }
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_kernel(p, w, S, row, C, y, A, 1); break; \
+    case 2: tile_kernel(p, w, S, row, C, y, A, 2); break; \
+    case 4: tile_kernel(p, w, S, row, C, y, A, 4); break; \
+    default: tile_kernel(p, w, S, row, C, y, A, 0); break; }
+    switch (p->actk) {
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
+    }
+#undef BY_BITS
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Row block (GEMM): per chunk and 32-row block, the weight nibbles are split once (per sub-group, four
+ * tables per vector, the last vector of a sub-group zero-padded) and every row of the block looks its
+ * tables up with them.  Each row's integer sums and float operations are those of tile_kernel. */
+
+#define ROWS_MAX_KF 32 /* split vectors per block: nsub * ceil(actk/4) <= kf */
+
+INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
+                                  int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
+    const int64_t actk = ACTK ? ACTK : p->actk;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
+    const int64_t nv = (actk + 3) / 4; /* split vectors per sub-group */
+    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i lo[ROWS_MAX_KF], hi[ROWS_MAX_KF];
+    int32_t *info = (int32_t *)(C + nrows * bm);
+    block_info(info, bm, b, blk);
+    const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
+    memset(C, 0, (size_t)(nrows * bm) * sizeof(float));
+    const float *Sg = S;
+    int64_t left = chunks_per_group;
+    for (int64_t ko = 0; ko < KO; ++ko) {
+        const uint8_t *wk = w + ko * nB * kf * 16;
+        for (int64_t B = 0; B < nB; ++B) {
+            const int32_t *bi = info + 4 * B;
+            const uint8_t *wb = wk + B * kf * 16;
+            for (int64_t sub = 0; sub < nsub; ++sub)
+                for (int64_t g = 0; g < nv; ++g) {
+                    const int64_t j = sub * actk + 4 * g, r = actk - 4 * g;
+                    const __m512i W = load_lanes(wb + 16 * j, r);
+                    lo[sub * nv + g] = _mm512_and_si512(W, m4);
+                    hi[sub * nv + g] = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
+                }
+            for (int64_t r = 0; r < nrows; ++r) {
+                const lut_row *row = rows + r;
+                const int8_t *tk = (const int8_t *)row->table + ko * kf * 16;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int64_t sub = 0; sub < nsub; ++sub) {
+                    const int64_t sg = ko * nsub + sub;
+                    __m256 f[4];
+                    sums_split(lo + sub * nv, hi + sub * nv, tk + sub * actk * 16, actk, f);
+                    add_subgroup(f, _mm256_set1_ps(row->sgscale[sg]), row->vbias[sg], sub, bi, BITS, acc);
+                }
+                update_block(C + r * bm + B * 32, acc, Sg, _mm256_set1_ps(row->bsum[ko]), per_tensor, zp, bi, B, blk,
+                             BITS);
+            }
+        }
+        if (--left == 0) {
+            Sg += group_stride;
+            left = chunks_per_group;
+        }
+    }
+    for (int64_t r = 0; r < nrows; ++r) combine_planes(C + r * bm, y + r * ldy, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+}
+
+AVX512 void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
+                                 int64_t nrows, float *C, float *y, int64_t ldy) {
+    if (p->mode != LUT_INT8 || p->fa) {
+        FALLBACK(lut_tile_rows)(p, w, S, rows, nrows, C, y, ldy);
+        return;
+    }
+    if (p->kf > ROWS_MAX_KF) { /* wide chunks: one row at a time */
+        for (int64_t r = 0; r < nrows; ++r) lut_tile_avx512(p, w, S, rows + r, C, y + r * ldy);
+        return;
+    }
+#define BY_BITS(A) switch (p->bits) { \
+    case 1: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 1); break; \
+    case 2: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 2); break; \
+    case 4: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 4); break; \
+    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 0); break; }
+    switch (p->actk) {
+    case 8: BY_BITS(8) break;
+    case 16: BY_BITS(16) break;
+    case 32: BY_BITS(32) break;
+    default: BY_BITS(0) break;
+    }
+#undef BY_BITS
+}
+
+#endif /* TMAC_HAVE_AVX512 */
