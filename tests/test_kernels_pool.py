@@ -111,7 +111,9 @@ def test_back_to_back_calls_find_the_workers_awake():
     before = pool.sleeps()
     for _ in range(200):
         kernels.gemm(case.blob, x, **case.kw, threads=2)
-    assert pool.sleeps() - before < 20
+    # a fixed short spin sleeps about once per call per helper here (216 in 200 calls on the EPYC VM); the adaptive
+    # one a handful of times (7 quiet, 36 with the machine's two cores busy with another test run)
+    assert pool.sleeps() - before < 100
 
 
 def test_calls_far_apart_let_the_workers_sleep():
