@@ -95,6 +95,6 @@ class OptionalBuildExt(build_ext):
 
 setup(ext_modules=[Extension(name, sources, extra_compile_args=cflags + NATIVE_FLAGS.get(name, []),
                              extra_link_args=NATIVE_LINK.get(name, []),
-                             depends=[f"{KDIR}/{SOURCES.LUT_HEADER}", f"{KDIR}/pool.h", f"{KDIR}/probe.h"])
+                             depends=[f"{KDIR}/{h}" for h in (SOURCES.LUT_HEADER, *SOURCES.LUT_SHARED_HEADERS)] + [f"{KDIR}/pool.h", f"{KDIR}/probe.h"])
                    for name, sources in NATIVE.items()],
       cmdclass={"build_py": BuildPyWithKernels, "build_ext": OptionalBuildExt})

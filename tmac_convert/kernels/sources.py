@@ -5,6 +5,8 @@ Stdlib only: ``setup.py`` loads this file by path, before the package (and numpy
 
 * :data:`LUT_HEADER` declares ``lut_problem``/``lut_row`` and the per-ISA entry points
   ``lut_build_<isa>`` / ``lut_tile_<isa>``.
+* :data:`LUT_SHARED_HEADERS` are included by several ISA files (the x86 float stage), so they travel with
+  the sources.
 * :data:`LUT_ISA_FILES` maps each ISA to its source file; files marked optional join the list only
   when they exist (a per-ISA file another change may add, such as ``lut_avx512.c``).
 * ``lut.c`` (the Python binding) is not a kernel source: only the extension compiles it.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 KERNEL_DIR = "kernels"  # relative to the repository root
 LUT_HEADER = "lut_core.h"
+LUT_SHARED_HEADERS = ("lut_float_x86.h",)
 LUT_BINDING = "lut.c"
 # isa -> (file, required); the order is the order of compilation
 LUT_ISA_FILES: dict[str, tuple[str, bool]] = {
@@ -40,5 +43,5 @@ def lut_kernel_sources(kernel_dir: str | Path) -> list[str]:
 
 
 def lut_kernel_files(kernel_dir: str | Path) -> list[str]:
-    """Every file a kit needs from ``kernel_dir``: the header, then the C sources."""
-    return [LUT_HEADER, *lut_kernel_sources(kernel_dir)]
+    """Every file a kit needs from ``kernel_dir``: the headers, then the C sources."""
+    return [LUT_HEADER, *LUT_SHARED_HEADERS, *lut_kernel_sources(kernel_dir)]

@@ -192,7 +192,7 @@ Run with the model this kit was written for:
 Files:
   lib/kernels.cc              the model's kernel entry points (generated)
   lib/kcfg.ini                the model's kcfg sections (generated; one unit with kernels.cc)
-  lib/lut/                    tmac-convert's LUT kernel sources (lut_core.h, lut_*.c)
+  lib/lut/                    tmac-convert's LUT kernel sources (lut_core.h, lut_float_x86.h, lut_*.c)
   lib/cmake/t-mac/TMACConfig.cmake
   include/t-mac/{{kernels.h, tmac_gemm_wrapper.h, INIReader.h}}, include/dmlc/logging.h
   tmac-kit.json               what the kit was written for (model, shapes, source hashes)
