@@ -18,6 +18,15 @@
  * times (8 tables) beat no unrolling (-20%) and full unrolling (register spills, -25%); widening by
  * shifts alone (3 shift ops per vector) was marginally slower, one pmaddubsw and one shift faster; keeping a block's accumulators in registers
  * across K (block-outer order) and processing two blocks per table load were both slower.
+ * Tried on 2026-12-03 in an interleaved C harness (rdtsc, bit-identical outputs), not kept:
+ *   - row block: the two tables' lookups interleaved bytewise (punpcklbw/hbw) and summed in pairs by one
+ *     pmaddubsw against ones, in natural row order: 1-bit and 4-bit 7-13% faster, 2-bit 1-3% slower;
+ *   - row block: sums widened in place (pmaddwd against 1,0 and psrad: no lane crossing) in a strided row
+ *     order, with the scales permuted once per chunk and 32-row block and plane 0 as a lane mask: 14% faster
+ *     without the masks, 2-5% slower with them;
+ *   - both kernels: tables biased by 0x80, summed as whole words with the odd bytes taken by pmaddubsw
+ *     (bias removed exactly through the start values): 2-9% slower in the GEMV, no change in the row block;
+ *   - row block: tables broadcast once per chunk into 32-byte copies: 3-5% slower.
  */
 #include "lut_core.h"
 
