@@ -22,8 +22,8 @@
  *   - row block: the two tables' lookups interleaved bytewise (punpcklbw/hbw) and summed in pairs by one
  *     pmaddubsw against ones, in natural row order: 1-bit and 4-bit 7-13% faster, 2-bit 1-3% slower;
  *   - row block: sums widened in place (pmaddwd against 1,0 and psrad: no lane crossing) in a strided row
- *     order, with the scales permuted once per chunk and 32-row block and plane 0 as a lane mask: 14% faster
- *     without the masks, 2-5% slower with them;
+ *     order: 14% faster on its own, but 2-5% slower once the float stage followed that order (scales
+ *     permuted once per chunk and 32-row block, plane 0 as a lane mask, the zero-point term on every vector);
  *   - both kernels: tables biased by 0x80, summed as whole words with the odd bytes taken by pmaddubsw
  *     (bias removed exactly through the start values): 2-9% slower in the GEMV, no change in the row block;
  *   - row block: tables broadcast once per chunk into 32-byte copies: 3-5% slower.
