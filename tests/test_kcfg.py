@@ -95,11 +95,12 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("m0, k, bits, gs, want", [
-    (4096, 4096, 2, 128, TileConfig(256, 16)),
-    (4096, 4096, 3, 128, TileConfig(192, 16)),
+    (4096, 4096, 2, 128, TileConfig(256, 32)),
+    (4096, 4096, 3, 128, TileConfig(192, 32)),
+    (4096, 4096, 2, 64, TileConfig(256, 16)),    # a group of 64 activations: chunks of at most 64
     (1024, 4096, 4, 32, TileConfig(256, 8)),
     (64, 256, 1, 64, TileConfig(64, 16)),       # no tuned bm fits M0*b = 64: the largest admissible
-    (3200, 8640, 2, None, TileConfig(256, 16)),  # per-tensor scale: no group rule on kfactor
+    (3200, 8640, 2, None, TileConfig(256, 16)),  # per-tensor scale: no group rule; K is not a multiple of 128
 ])
 def test_default_tiles_are_deterministic_and_admissible(m0, k, bits, gs, want):
     got = default_tiles(m0, k, bits, gs)

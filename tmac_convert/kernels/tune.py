@@ -3,8 +3,9 @@
 The kernel's speed depends on the tiles, not on the weight values, so each shape is timed on one blob of
 random bytes (random codes) with unit scales, laid out once: a blob's length does not depend on the
 tiles.  Candidates are T-MAC's own tuning space (bm in 256, 128, 512, 1024, 320, 640, or 192, 384, 576,
-768 for 3-bit; kfactor 8 and 16, the values its runtime's kernels are generated for) restricted to what
-the shape and the activation group admit; when none of T-MAC's values fit, every admissible one is tried.
+768 for 3-bit; kfactor 8 and 16, the values its runtime's kernels are generated for) plus kfactor 32, which
+the bundled kernels run (and which converted files default to where admitted), restricted to what the shape
+and the activation group admit; when none of those values fit, every admissible one is tried.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import gemm, resolve_path
 
 _TMAC_BM = {3: (192, 384, 576, 768)}
 _TMAC_BM_DEFAULT = (256, 128, 512, 1024, 320, 640)
-_TMAC_KFACTOR = (8, 16)
+_TUNE_KFACTORS = (8, 16, 32)
 
 Shape = tuple  # (m0, k, bits, group_size, zero_point, per_tensor)
 
@@ -38,10 +39,10 @@ class Timing:
 
 
 def candidates(m0: int, k: int, bits: int, group_size: int | None, act_group_size: int | None = 64,
-               kfactors: tuple[int, ...] = _TMAC_KFACTOR) -> list[TileConfig]:
+               kfactors: tuple[int, ...] = _TUNE_KFACTORS) -> list[TileConfig]:
     """The ``(bm, kfactor)`` to time for one shape (``group_size`` None for a per-tensor scale).
 
-    ``kfactors`` widens or narrows the preferred kfactor values (the native kernels also run 32).
+    ``kfactors`` widens or narrows the preferred kfactor values (T-MAC's own kernels come in 8 and 16 only).
     """
     admissible = bm_candidates(m0, bits) if m0 % 8 == 0 else []
     bms = [b for b in _TMAC_BM.get(bits, _TMAC_BM_DEFAULT) if b in admissible] or admissible
@@ -60,7 +61,7 @@ def candidates(m0: int, k: int, bits: int, group_size: int | None, act_group_siz
 
 def tune_tiles(shapes: list[Shape], act_group_size: int | None = 64, threads: int | None = None, *,
                repeats: int = 5, seed: int = 0, timings: list[Timing] | None = None,
-               kfactors: tuple[int, ...] = _TMAC_KFACTOR) -> Kcfg:
+               kfactors: tuple[int, ...] = _TUNE_KFACTORS) -> Kcfg:
     """Time every admissible tile config of each shape and return the fastest as a :class:`Kcfg`.
 
     Args:
@@ -70,7 +71,7 @@ def tune_tiles(shapes: list[Shape], act_group_size: int | None = 64, threads: in
         threads: kernel threads while timing (default: all cores, as the converter's kernels run).
         repeats: timed runs per candidate after one warm-up; the fastest counts.
         timings: if given, every measurement is appended to it (for reports).
-        kfactors: preferred kfactor values (default T-MAC's 8 and 16).
+        kfactors: preferred kfactor values (default 8 and 16, T-MAC's own, and 32).
 
     Raises:
         TmacError: the native kernels are not built (timing the numpy reference would be meaningless),
