@@ -27,7 +27,7 @@ DEFAULT_ACT_GROUP = 64
 _BM_ORDER = {3: (192, 384, 576, 768)}
 _BM_ORDER_DEFAULT = (256, 128, 512, 1024, 320, 640)
 # kfactor: 32 first, which T-MAC's tuner does not try (its generated kernels come in 8 and 16) but the bundled
-# kernels run 13-30% faster than 16 (4096x14336 2-bit, GEMV and GEMM, 1 and 2 threads, AVX2 on the project's
+# kernels run 7-30% faster than 16 (4096x14336 2-bit, GEMV and GEMM, 1 and 2 threads, AVX2 on the project's
 # EPYC: half the per-chunk float work); it admits the same act groups (32, 64) and 128 besides.
 _KFACTOR_ORDER = (32, 16, 8)
 
