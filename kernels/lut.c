@@ -6,9 +6,9 @@
  * threading; the kernels are in lut_scalar.c, lut_avx2.c, lut_avx512.c and lut_neon.c.
  *
  * Threads: the package's persistent worker pool (pool.h).  The tables of each activation row are built
- * first (rows split over threads; with fewer rows than threads, each row in K slices), then the tiles are split into contiguous ranges, one per thread; every
- * output is computed by one thread with the same sequence of operations whatever the thread count, so
- * results are bit-identical for any number of threads.  Tiles are the outer loop; one activation row
+ * first (rows split over threads; with fewer rows than threads, each row in K slices), then the tiles are
+ * split into contiguous ranges, one per thread; every output is computed by one thread with the same
+ * sequence of operations whatever the thread count, so results are bit-identical for any number of threads.  Tiles are the outer loop; one activation row
  * (GEMV) goes through the per-tile kernel lut_tile_<isa> (the one T-MAC's fork calls), several rows
  * (GEMM) through lut_tile_rows_<isa>, which reads each weight vector once per block of LUT_ROW_BLOCK
  * rows.  The GIL is released for the whole computation.

@@ -100,6 +100,13 @@ def test_pool_threads_persist_across_calls():
     assert pool.workers() == workers
 
 
+def _run_fresh(script: str) -> subprocess.CompletedProcess:
+    """``script`` (with ``{root}``, the repository root, filled in) in a fresh interpreter: a pool of its own."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", script.format(root=root)], capture_output=True, text=True,
+                          timeout=120)
+
+
 AWAKE_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -124,9 +131,7 @@ AWAKE_SCRIPT = textwrap.dedent("""
 def test_back_to_back_calls_find_the_workers_awake():
     # waking a sleeping thread costs about as much as a small GEMV on a virtual machine.  In a fresh process: in
     # the suite's own process, threads left by earlier tests compete for the 2 cores and preempt the spin.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", AWAKE_SCRIPT.format(root=root)], capture_output=True, text=True,
-                       timeout=120)
+    r = _run_fresh(AWAKE_SCRIPT)
     assert r.returncode == 0, r.stderr
     # a fixed short spin sleeps about once per call per helper here (216 in 200 calls on the EPYC VM); the adaptive
     # one a handful of times (7 quiet, 36 with the machine's two cores busy with another test run)
@@ -197,9 +202,7 @@ FORK_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
 def test_a_forked_child_runs_the_kernels_without_deadlock():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = FORK_SCRIPT.format(root=root)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    r = _run_fresh(FORK_SCRIPT)
     assert r.returncode == 0 and "fork-ok" in r.stdout, r.stderr
 
 
@@ -253,7 +256,5 @@ SIGINT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_interrupts_a_loop_of_threaded_kernel_calls():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT.format(root=root)], capture_output=True, text=True,
-                       timeout=120)
+    r = _run_fresh(SIGINT_SCRIPT)
     assert r.returncode == 0 and "interrupted-ok" in r.stdout, r.stderr

@@ -18,12 +18,8 @@ import numpy as np
 from ..errors import LayoutError, TmacError
 from ..layouts.constraints import bm_candidates, check_act_group, kfactor_candidates
 from ..layouts.format_a import blob_nbytes
-from ..layouts.kcfg import Kcfg, KernelConfig, TileConfig
+from ..layouts.kcfg import BM_ORDER, BM_ORDER_DEFAULT, KFACTOR_ORDER, Kcfg, KernelConfig, TileConfig
 from . import gemm, resolve_path
-
-_TMAC_BM = {3: (192, 384, 576, 768)}
-_TMAC_BM_DEFAULT = (256, 128, 512, 1024, 320, 640)
-_TUNE_KFACTORS = (8, 16, 32)
 
 Shape = tuple  # (m0, k, bits, group_size, zero_point, per_tensor)
 
@@ -39,13 +35,13 @@ class Timing:
 
 
 def candidates(m0: int, k: int, bits: int, group_size: int | None, act_group_size: int | None = 64,
-               kfactors: tuple[int, ...] = _TUNE_KFACTORS) -> list[TileConfig]:
+               kfactors: tuple[int, ...] = KFACTOR_ORDER) -> list[TileConfig]:
     """The ``(bm, kfactor)`` to time for one shape (``group_size`` None for a per-tensor scale).
 
     ``kfactors`` widens or narrows the preferred kfactor values (T-MAC's own kernels come in 8 and 16 only).
     """
     admissible = bm_candidates(m0, bits) if m0 % 8 == 0 else []
-    bms = [b for b in _TMAC_BM.get(bits, _TMAC_BM_DEFAULT) if b in admissible] or admissible
+    bms = [b for b in BM_ORDER.get(bits, BM_ORDER_DEFAULT) if b in admissible] or admissible
     ags = k if act_group_size in (-1, None) else act_group_size
     kfs = []
     for kf in kfactor_candidates(k, group_size):
@@ -54,14 +50,14 @@ def candidates(m0: int, k: int, bits: int, group_size: int | None, act_group_siz
         except LayoutError:
             continue
         kfs.append(kf)
-    tmac_kfs = [kf for kf in kfs if kf in kfactors]
-    kfs = tmac_kfs or kfs
+    preferred = [kf for kf in kfs if kf in kfactors]
+    kfs = preferred or kfs
     return [TileConfig(bm, kf) for bm in bms for kf in kfs]
 
 
 def tune_tiles(shapes: list[Shape], act_group_size: int | None = 64, threads: int | None = None, *,
                repeats: int = 5, seed: int = 0, timings: list[Timing] | None = None,
-               kfactors: tuple[int, ...] = _TUNE_KFACTORS) -> Kcfg:
+               kfactors: tuple[int, ...] = KFACTOR_ORDER) -> Kcfg:
     """Time every admissible tile config of each shape and return the fastest as a :class:`Kcfg`.
 
     Args:

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import __version__
-from ..kernels.sources import lut_kernel_files
+from ..kernels.sources import LUT_HEADER, LUT_SHARED_HEADERS, lut_kernel_files
 from .plan import KitPlan, KitShape, TileShape
 from .sources import KernelPath
 
@@ -192,7 +192,7 @@ Run with the model this kit was written for:
 Files:
   lib/kernels.cc              the model's kernel entry points (generated)
   lib/kcfg.ini                the model's kcfg sections (generated; one unit with kernels.cc)
-  lib/lut/                    tmac-convert's LUT kernel sources (lut_core.h, lut_float_x86.h, lut_*.c)
+  lib/lut/                    tmac-convert's LUT kernel sources ({', '.join((LUT_HEADER, *LUT_SHARED_HEADERS))}, lut_*.c)
   lib/cmake/t-mac/TMACConfig.cmake
   include/t-mac/{{kernels.h, tmac_gemm_wrapper.h, INIReader.h}}, include/dmlc/logging.h
   tmac-kit.json               what the kit was written for (model, shapes, source hashes)

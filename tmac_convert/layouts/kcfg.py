@@ -23,13 +23,15 @@ _SECTION = re.compile(r"^qgemm_lut_t(\d+)_int8_m(\d+)_k(\d+)_n(\d+)_b(\d+)$")
 _MAX_FIELD = 1 << 40  # any honest value is far below; bounds what a hostile file can make us allocate
 _MAX_KCFG_BYTES = 16 << 20
 DEFAULT_ACT_GROUP = 64
-# T-MAC's tuning space for bm, in the order its tuner lists it; the default takes the first admissible value.
-_BM_ORDER = {3: (192, 384, 576, 768)}
-_BM_ORDER_DEFAULT = (256, 128, 512, 1024, 320, 640)
+# T-MAC's tuning space for bm, in the order its tuner lists it; the default takes the first admissible value
+# (and `tmac-convert tune` times these).
+BM_ORDER = {3: (192, 384, 576, 768)}
+BM_ORDER_DEFAULT = (256, 128, 512, 1024, 320, 640)
 # kfactor: 32 first, which T-MAC's tuner does not try (its generated kernels come in 8 and 16) but the bundled
 # kernels run 7-30% faster than 16 (4096x14336 2-bit, GEMV and GEMM, 1 and 2 threads, AVX2 on the project's
-# EPYC: half the per-chunk float work); it admits the same act groups (32, 64) and 128 besides.
-_KFACTOR_ORDER = (32, 16, 8)
+# EPYC: half the per-chunk float work); it admits the same act groups (32, 64) and 128 besides.  `tune` times
+# all three.
+KFACTOR_ORDER = (32, 16, 8)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,6 @@ def default_tiles(m0: int, k: int, bits: int, group_size: int | None, *, tensor:
         raise LayoutError(f"no tile config fits M0={m0}, K={k}, {bits}-bit, group size {group_size}: admissible bm "
                           f"{bms or 'none'} (M0 must be a multiple of 8), kfactor {kfs or 'none'}",
                           tensor=tensor, rule="admissible tiles")
-    bm = next((b for b in _BM_ORDER.get(bits, _BM_ORDER_DEFAULT) if b in bms), max(bms))
-    kf = next((f for f in _KFACTOR_ORDER if f in kfs), max(kfs))
+    bm = next((b for b in BM_ORDER.get(bits, BM_ORDER_DEFAULT) if b in bms), max(bms))
+    kf = next((f for f in KFACTOR_ORDER if f in kfs), max(kfs))
     return TileConfig(bm, kf)
