@@ -30,34 +30,42 @@ class _Stopped(Exception):
 
 
 class _Budget:
-    """Counts tensors and bytes in flight; ``acquire`` blocks until there is room (or stop())."""
+    """Counts tensors and bytes in flight; ``acquire`` (the reader thread's alone) blocks until there is room.
+
+    ``release`` and ``stop`` (any thread) only post to a C-level :class:`queue.SimpleQueue` that the reader
+    drains, so the caller's thread never holds a Python lock here: an interrupt (Ctrl-C, SIGTERM) is raised in
+    that thread at any bytecode, also between a lock's acquire and the ``with`` block that would release it,
+    and a lock left held that way deadlocked the cleanup (seen once in a CI run of the random-kill test)."""
 
     def __init__(self, max_bytes: int, max_items: int) -> None:
         self.max_bytes, self.max_items = max_bytes, max_items
         self.bytes = self.items = 0
-        self.stopped = False
-        self.cond = threading.Condition()
+        self.posted: queue.SimpleQueue = queue.SimpleQueue()  # released byte counts; None: stop
+
+    def _apply(self, n: int | None) -> None:
+        if n is None:
+            raise _Stopped
+        self.items -= 1
+        self.bytes -= n
 
     def acquire(self, n: int) -> None:
-        with self.cond:
-            while not self.stopped and self.items and (self.items >= self.max_items
-                                                       or self.bytes + n > self.max_bytes):
-                self.cond.wait()
-            if self.stopped:
-                raise _Stopped
-            self.items += 1
-            self.bytes += n
+        while True:
+            try:
+                while True:
+                    self._apply(self.posted.get_nowait())
+            except queue.Empty:
+                pass
+            if not (self.items and (self.items >= self.max_items or self.bytes + n > self.max_bytes)):
+                break
+            self._apply(self.posted.get())
+        self.items += 1
+        self.bytes += n
 
     def release(self, n: int) -> None:
-        with self.cond:
-            self.items -= 1
-            self.bytes -= n
-            self.cond.notify_all()
+        self.posted.put(n)
 
     def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
+        self.posted.put(None)
 
 
 def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any, Any], Any], *,
@@ -91,8 +99,16 @@ def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any
         return
 
     budget = _Budget(max_bytes, threads + 2)
-    q: queue.Queue = queue.Queue()
+    # C-level queues only, for the same reason as _Budget: the caller's thread takes each result from its own
+    # one-item box rather than from the future (whose result() holds a Python lock).
+    q: queue.SimpleQueue = queue.SimpleQueue()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="tmac-convert")
+
+    def run(box: queue.SimpleQueue, t: Any, e: Any) -> None:
+        try:
+            box.put((True, work(t, e)))
+        except BaseException as ex:  # noqa: BLE001 - handed to the caller's thread
+            box.put((False, ex))
 
     def produce() -> None:
         try:
@@ -107,7 +123,9 @@ def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any
                     budget.release(n)
                     q.put(_END)
                     return
-                q.put((pool.submit(work, t, planned(i, t)), n))
+                box: queue.SimpleQueue = queue.SimpleQueue()
+                pool.submit(run, box, t, planned(i, t))
+                q.put((box, n))
                 del t
                 i += 1
         except _Stopped:
@@ -124,19 +142,15 @@ def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any
                 break
             if isinstance(item, BaseException):
                 raise item
-            fut, n = item
+            box, n = item
             try:
-                yield fut.result()
+                ok, value = box.get()
+                if not ok:
+                    raise value
+                yield value
             finally:
                 budget.release(n)
     finally:
         budget.stop()
-        while True:  # cancel what the reader queued but nobody will take
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, tuple):
-                item[0].cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # what the reader queued but nobody will take: cancelled
         reader.join(timeout=30)
