@@ -272,3 +272,32 @@ def test_an_interrupt_between_the_two_renames_leaves_a_consistent_pair(tmp_path,
     monkeypatch.undo()
     after = {n: b for n, b in _files(d).items() if not n.startswith(".")}
     assert after in (before, _files(new)), "a mixed pair: " + str({n: after[n] == before.get(n) for n in after})
+
+
+HELD_BACK_SCRIPT = """
+import os, signal, threading, time
+from tmac_convert.writers.atomic import _signals_blocked
+def handler(signum, frame):
+    raise KeyboardInterrupt(signum)
+signal.signal(signal.SIGTERM, handler)
+threading.Thread(target=time.sleep, args=(5,), daemon=True).start()  # the kernel may hand the signal to it
+inside = after = False
+try:
+    with _signals_blocked():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler would run here if the signal were not held back
+        inside = True
+    time.sleep(1)
+except KeyboardInterrupt:
+    after = True
+print(inside, after, signal.getsignal(signal.SIGTERM) is handler)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "raise_signal") or sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_during_the_renames_is_held_back_while_other_threads_run():
+    # pthread_sigmask on the main thread alone held nothing back: the kernel delivered SIGTERM to another thread
+    # and Python ran the handler in the main thread at once, inside the block
+    r = subprocess.run([sys.executable, "-c", HELD_BACK_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "True"]

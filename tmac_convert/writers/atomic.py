@@ -218,15 +218,26 @@ def _backup(t: Path) -> Path | None:
 @contextlib.contextmanager
 def _signals_blocked() -> Iterator[None]:
     """SIGINT and SIGTERM held back (delivered on leaving the block) in the main thread, so that renaming a pair
-    of outputs is not cut in the middle by Ctrl-C or a polite kill (SIGKILL cannot be held back)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    of outputs is not cut in the middle by Ctrl-C or a polite kill (SIGKILL cannot be held back).
+
+    Python runs signal handlers in the main thread whichever thread the kernel hands the signal to, so masking
+    the main thread (pthread_sigmask) holds nothing back once other threads exist (the converter's always do):
+    the handlers themselves are swapped for one that only notes the signal, which is raised again on leaving."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held: list[int] = []
+    old: dict[int, object] = {}
     try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.getsignal(s)
+            signal.signal(s, lambda signum, frame: held.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)  # None: a handler not set from Python
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _umask() -> int:
