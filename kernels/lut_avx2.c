@@ -27,6 +27,12 @@
  *   - both kernels: tables biased by 0x80, summed as whole words with the odd bytes taken by pmaddubsw
  *     (bias removed exactly through the start values): 2-9% slower in the GEMV, no change in the row block;
  *   - row block: tables broadcast once per chunk into 32-byte copies: 3-5% slower.
+ * Tried on 2026-12-03, a change of semantics (reference and every path), not kept: the bit-planes of each
+ * output combined in int32 (sum_i 2^i S_i) before the float stage, which then runs per output instead of per
+ * bit-row (b times fewer conversions, multiplies and adds; 3-bit in super-blocks of 96 rows).  All paths
+ * bit-identical to the new reference, but in the same C harness (4096x1024, kfactor 32) the GEMV was 3-6%
+ * slower with GCC (2- and 4-bit; with adds instead of shifts no better) and 3-5% faster with Clang, and the
+ * row block (N = 8) unchanged: the float stage is not what bounds these loops on the EPYC.
  */
 #include "lut_core.h"
 
