@@ -12,6 +12,8 @@ import pytest
 from tmac_convert.errors import TmacError
 from tmac_convert.pipeline import run_pipeline
 
+from .lock_trace import python_lock_entries, run_in_fresh_thread
+
 
 @dataclass
 class T:
@@ -135,33 +137,10 @@ def test_closing_early_shuts_the_workers_down():
 
 
 def _python_lock_entries(threads: int) -> list[str]:
-    """Run a pipeline in this thread; return where this thread entered a Python-level lock (a Condition's,
-    hence a Queue's, an Event's, a Future's), outside starting and joining threads."""
-    import sys
-
-    entered: list[str] = []
-
-    def lifecycle(frame) -> bool:
-        while frame is not None:
-            if frame.f_code.co_name in ("start", "join", "shutdown") and \
-                    (frame.f_globals.get("__name__") or "").startswith(("threading", "concurrent.futures")):
-                return True
-            frame = frame.f_back
-        return False
-
-    def tracer(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "__enter__" and frame.f_globals.get("__name__") == "threading" \
-                and not lifecycle(frame):
-            caller = frame.f_back
-            entered.append(f"{caller.f_code.co_filename}:{caller.f_lineno} ({caller.f_code.co_name})")
-        return None
-
+    """Run a pipeline in this thread; return where this thread entered a Python-level lock."""
     tensors, entries = _plan(6)
-    sys.settrace(tracer)
-    try:
+    with python_lock_entries() as entered:
         assert list(run_pipeline(tensors, entries, lambda t, e: t.name, threads=threads)) == [e.name for e in entries]
-    finally:
-        sys.settrace(None)
     return entered
 
 
@@ -170,8 +149,4 @@ def test_the_callers_thread_holds_no_python_lock_while_it_waits(threads):
     # Ctrl-C and SIGTERM raise in the caller's thread at any bytecode, also between a Python lock's acquire and
     # the `with` block that would release it.  A queue.Queue there once deadlocked the cleanup that way (a
     # converter killed by SIGTERM hung); the caller's side now waits on C-level SimpleQueues only.
-    outcome: list = []
-    t = threading.Thread(target=lambda: outcome.append(_python_lock_entries(threads)))
-    t.start()
-    t.join(timeout=60)
-    assert outcome == [[]]
+    assert run_in_fresh_thread(lambda: _python_lock_entries(threads)) == []

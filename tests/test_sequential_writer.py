@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from tmac_convert.errors import TmacError
 from tmac_convert.format.tensor import FileSpan
 from tmac_convert.writers import sequential
 from tmac_convert.writers.sequential import ALIGN, SequentialWriter
+
+from .lock_trace import python_lock_entries, run_in_fresh_thread
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -171,6 +174,7 @@ def test_a_write_error_is_raised_in_the_callers_thread(tmp_path: Path, monkeypat
             w.write(np.zeros(ALIGN, np.uint8))
         w.close()
     assert e.value.errno == errno.ENOSPC
+    w.abort()  # what the converter does after an error: the writer's threads end
 
 
 def test_abort_drops_what_is_queued_and_raises_nothing(tmp_path: Path) -> None:
@@ -182,6 +186,39 @@ def test_abort_drops_what_is_queued_and_raises_nothing(tmp_path: Path) -> None:
     w.write(np.ones(10, np.uint8))
     w.abort()
     w.abort()
+
+
+@pytest.mark.parametrize("finish", ["close", "abort"])
+def test_the_callers_thread_takes_no_python_lock_even_when_the_disk_is_behind(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             finish: str) -> None:
+    # Ctrl-C raises in the caller's thread at any bytecode; a Python lock it held at that moment would stay held
+    # and hang the cleanup (tests/lock_trace.py).  A slow disk makes write() wait for the writer thread.
+    src, src_bytes = _source(tmp_path)
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, data, offset):
+        time.sleep(0.002)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"head")
+    pieces = [np.full(ALIGN, i, np.uint8) for i in range(12)]
+
+    def run() -> list[str]:
+        with python_lock_entries() as entered:
+            w = SequentialWriter(out, 4, direct=False, staging_bytes=ALIGN, pending_bytes=ALIGN)
+            for a in pieces:
+                w.write(a)
+            w.copy(FileSpan(src, 0, len(src_bytes), "|u1"))
+            w.zeros(5)
+            w.close() if finish == "close" else w.abort()
+        return entered
+
+    assert run_in_fresh_thread(run) == []
+    if finish == "close":
+        assert out.read_bytes() == b"head" + b"".join(a.tobytes() for a in pieces) + src_bytes + bytes(5)
 
 
 @pytest.mark.parametrize("fixture, options", [("gptq_v2_asym_2bit", {"bits": 2, "group_size": 64, "zero_point": True}),

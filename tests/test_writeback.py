@@ -13,6 +13,8 @@ import pytest
 
 from tmac_convert.writers.writeback import Writeback
 
+from .lock_trace import python_lock_entries, run_in_fresh_thread
+
 
 def test_a_sync_runs_every_step_bytes_and_finish_joins(tmp_path):
     path = tmp_path / "out.bin"
@@ -47,3 +49,21 @@ def test_a_failing_sync_is_raised_by_finish_and_dropped_by_stop():
     wb2 = Writeback(w, step=1)
     wb2.wrote(1)
     wb2.stop()  # after a failure elsewhere: joins, raises nothing
+
+
+@pytest.mark.parametrize("end", ["finish", "stop"])
+def test_ending_it_takes_no_python_lock_in_the_callers_thread(tmp_path, end):
+    # finish() and stop() run in the converter's thread, where Ctrl-C may strike at any bytecode
+    # (tests/lock_trace.py): waking the sync thread must not go through a Python lock such as an Event's.
+    def run():
+        with open(tmp_path / "out.bin", "wb") as f:
+            wb = Writeback(f.fileno(), step=10)
+            with python_lock_entries() as entered:
+                wb.wrote(100)
+                getattr(wb, end)()
+            return entered, wb.syncs
+
+    entered, syncs = run_in_fresh_thread(run)
+    assert entered == []
+    if end == "finish":  # the sync asked for before finish() still runs
+        assert syncs == 1

@@ -19,7 +19,6 @@ or "requantize" to re-quantise act-order layers to contiguous groups, reporting 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import TmacError
-from ..parallel import cpu_count
+from ..parallel import cpu_count, map_in_threads
 from ..format.rules import SUPPORTED_BITS
 from ..format.tensor import QuantTensor, all_finite
 from .base import FloatTensor, Reader, SourceModel, Tensor, TensorInfo
@@ -123,10 +122,10 @@ class GPTQReader(Reader, name="gptq", priority=10):
 
         # every layer's zeros are read before the first tensor is yielded (they decide v1/v2): numpy releases
         # the GIL in the work, so the layers are scanned on a few threads (the first error, in order, wins)
-        with ThreadPoolExecutor(min(4, cpu_count()), thread_name_prefix="tmac-scan") as pool:
-            for prefix, (layer, ev, word_bits) in zip(prefixes, pool.map(scan, prefixes)):
-                layers[prefix] = layer
-                evidence.append(ev)
+        for prefix, (layer, ev, word_bits) in zip(prefixes, map_in_threads(scan, prefixes, min(4, cpu_count()),
+                                                                            name="tmac-scan")):
+            layers[prefix] = layer
+            evidence.append(ev)
         fmt, why, warnings = decide_format(cfg, evidence, override)
         notes.append(f"GPTQ zero convention {fmt}: {why}")
         notes += [f"warning: {w}" for w in warnings]

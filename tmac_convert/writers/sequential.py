@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import TmacError
 from ..format.tensor import FileSpan
-from .copy import copy_span
+from .copy import StopFlag, copy_span
 from .writeback import Writeback
 
 try:
@@ -79,11 +79,15 @@ class SequentialWriter:
         self.mode = "direct" if self.fd >= 0 else "buffered"
         if self.fd < 0:
             self.fd = os.open(self.path, os.O_WRONLY)
+        # The caller's thread waits on C-level SimpleQueues only, never on a Python lock: Ctrl-C raises in that
+        # thread at any bytecode, also between a lock's acquire and the `with` block that would release it, and
+        # a lock left held there deadlocks the cleanup.  So the queued-bytes count is the caller's alone, and
+        # the writer hands back the bytes it is done with through ``_freed`` (a 0 wakes the caller on an error).
         self._pending_max = max(1, pending_bytes)
         self._pending = 0
-        self._cond = threading.Condition()
+        self._freed: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._writeback = Writeback(self.fd) if self.mode == "buffered" else None
         # staging buffers in anonymous maps (page-aligned, as O_DIRECT wants), used in ring order; the file offset
@@ -118,10 +122,11 @@ class SequentialWriter:
         if n == 0:
             return
         self._raise_error()
-        with self._cond:
-            while self._pending and self._pending + n > self._pending_max and self._error is None:
-                self._cond.wait()
-            self._pending += n
+        self._reclaim(block=False)
+        while self._pending and self._pending + n > self._pending_max:
+            self._reclaim(block=True)  # the disk is behind: wait for the writer to finish an array
+            self._raise_error()
+        self._pending += n
         self._q.put(("mem", data))
         self.position += n
 
@@ -156,8 +161,6 @@ class SequentialWriter:
             return
         self._closed = True
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         self._q.put((_END, None))
         self._thread.join()
         self._release()
@@ -165,6 +168,15 @@ class SequentialWriter:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def _reclaim(self, *, block: bool) -> None:
+        """Take back the bytes the writer has finished with (waiting for at least one hand-back if ``block``)."""
+        try:
+            self._pending -= self._freed.get(block=block)
+            while True:
+                self._pending -= self._freed.get_nowait()
+        except queue.Empty:
+            pass
 
     def _release(self) -> None:
         self._disk.shutdown(wait=True)
@@ -196,9 +208,7 @@ class SequentialWriter:
                 else:
                     self._guard(self._put_zeros, obj)
             if kind == "mem":
-                with self._cond:
-                    self._pending -= obj.nbytes
-                    self._cond.notify_all()
+                self._freed.put(obj.nbytes)
             del obj
 
     def _guard(self, fn, *args) -> None:
@@ -206,8 +216,7 @@ class SequentialWriter:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             self._error = e
-            with self._cond:
-                self._cond.notify_all()
+            self._freed.put(0)  # wakes a caller waiting in write()
 
     def _put_array(self, src: np.ndarray) -> None:
         if self.mode == "buffered" and src.nbytes >= _DIRECT_FROM_ARRAY:

@@ -12,6 +12,7 @@ the final ``fsync`` finds little left.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 
 #: Bytes written between two background syncs.
@@ -32,7 +33,10 @@ class Writeback:
         self.syncs = 0                      # syncs done (for tests)
         self._pending = 0
         self._requested = False
-        self._wake = threading.Event()
+        # a C-level SimpleQueue, not an Event: finish() and stop() wake the thread from the caller's thread, which
+        # must take no Python lock (a signal raised inside Event.set() could leave its lock held, and then this
+        # thread could never wait on it again, nor be joined)
+        self._wake: queue.SimpleQueue = queue.SimpleQueue()
         self._done = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tmac-convert-writeback", daemon=True)
@@ -43,12 +47,11 @@ class Writeback:
         if self._pending >= self.step:
             self._pending = 0
             self._requested = True
-            self._wake.set()
+            self._wake.put(None)
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
+            self._wake.get()
             if self._requested:  # a sync asked for before finish() still runs
                 self._requested = False
                 try:
@@ -62,7 +65,7 @@ class Writeback:
 
     def _join(self) -> None:
         self._done = True
-        self._wake.set()
+        self._wake.put(None)
         self._thread.join()
 
     def finish(self) -> None:
