@@ -301,3 +301,28 @@ def test_a_signal_during_the_renames_is_held_back_while_other_threads_run():
     r = subprocess.run([sys.executable, "-c", HELD_BACK_SCRIPT], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True", "True"]
+
+
+@pytest.mark.parametrize("source, options", [
+    ("gptq_v2_asym_2bit", {"bits": 2, "group_size": 64, "zero_point": True}),
+    ("real/autogptq_f16_3bit_asym", {}),
+    ("bitnet_packed", {}),
+    ("gguf_q4_0/model.gguf", {}),
+    ("llama_f16", {"bits": 4, "group_size": 128}),
+])
+def test_a_conversions_own_thread_never_waits_on_a_python_lock(tmp_path, source, options):
+    # Ctrl-C and SIGTERM raise in the converter's thread at any bytecode: a Python lock (a Condition's, a
+    # Queue's, an Event's, a Future's) taken there could be left held and hang the cleanup that follows
+    # (tests/lock_trace.py).  Whatever reader, layout and writer a conversion uses, its own thread waits on
+    # C-level primitives only.
+    from tmac_convert.convert import convert
+
+    from .lock_trace import python_lock_entries, run_in_fresh_thread
+
+    def run() -> list[str]:
+        with python_lock_entries() as entered:
+            convert(FIX / source, tmp_path / "out.gguf", **options)
+        return entered
+
+    assert run_in_fresh_thread(run, timeout=300) == []
+    assert (tmp_path / "out.gguf").stat().st_size > 0
