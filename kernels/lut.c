@@ -75,59 +75,46 @@ static int choose_path(int requested) {
 
 typedef void (*build_fn)(const float *, int64_t, int64_t, int64_t, int, void *, float *, float *);
 
-static build_fn build_for(int path) {
-#ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2) return lut_build_avx2;
-#endif
-#ifdef TMAC_HAVE_AVX512
-    if (path == PATH_AVX512) return lut_build_avx512;
-#endif
-    (void)path;
-    return lut_build_scalar;
-}
+/* Each path's functions, one table per path: what a path does not specialise is another path's function (the
+ * table build of NEON, the dequantising baseline and the exact reference of AVX-512). */
+typedef struct {
+    build_fn build;
+    lut_tile_fn tile;
+    lut_tile_rows_fn tile_rows;
+    dq_tile_fn dq;
+    ref_fn ref;
+} kernel_traits;
 
-static lut_tile_fn tile_for(int path) {
+static const kernel_traits SCALAR_TRAITS = {lut_build_scalar, lut_tile_scalar, lut_tile_rows_scalar, dq_tile_scalar,
+                                            ref_rows_scalar};
 #ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2) return lut_tile_avx2;
+static const kernel_traits AVX2_TRAITS = {lut_build_avx2, lut_tile_avx2, lut_tile_rows_avx2, dq_tile_avx2, ref_rows_avx2};
+#define X86_BASELINE dq_tile_avx2, ref_rows_avx2
+#else
+#define X86_BASELINE dq_tile_scalar, ref_rows_scalar
 #endif
 #ifdef TMAC_HAVE_AVX512
-    if (path == PATH_AVX512) return lut_tile_avx512;
+static const kernel_traits AVX512_TRAITS = {lut_build_avx512, lut_tile_avx512, lut_tile_rows_avx512, X86_BASELINE};
 #endif
 #ifdef TMAC_HAVE_NEON
-    if (path == PATH_NEON) return lut_tile_neon;
+static const kernel_traits NEON_TRAITS = {lut_build_scalar, lut_tile_neon, lut_tile_rows_neon, dq_tile_scalar,
+                                          ref_rows_scalar};
 #endif
-    (void)path;
-    return lut_tile_scalar;
-}
 
-static lut_tile_rows_fn tile_rows_for(int path) {
+/* The functions of a path that resolve_path() accepted. */
+static const kernel_traits *traits_for(int path) {
+    switch (path) {
 #ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2) return lut_tile_rows_avx2;
+    case PATH_AVX2: return &AVX2_TRAITS;
 #endif
 #ifdef TMAC_HAVE_AVX512
-    if (path == PATH_AVX512) return lut_tile_rows_avx512;
+    case PATH_AVX512: return &AVX512_TRAITS;
 #endif
 #ifdef TMAC_HAVE_NEON
-    if (path == PATH_NEON) return lut_tile_rows_neon;
+    case PATH_NEON: return &NEON_TRAITS;
 #endif
-    (void)path;
-    return lut_tile_rows_scalar;
-}
-
-static dq_tile_fn dq_for(int path) {
-#ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2 || path == PATH_AVX512) return dq_tile_avx2; /* AVX-512 has no baseline of its own */
-#endif
-    (void)path;
-    return dq_tile_scalar;
-}
-
-static ref_fn ref_for(int path) {
-#ifdef TMAC_HAVE_AVX2
-    if (path == PATH_AVX2 || path == PATH_AVX512) return ref_rows_avx2;
-#endif
-    (void)path;
-    return ref_rows_scalar;
+    default: return &SCALAR_TRAITS;
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -320,9 +307,10 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     c.nchunk = p.k / (4 * p.kf);
     c.table_bytes = (p.k / 4) * 16 * (p.mode == LUT_FLOAT ? 4 : 1);
     c.fa_factor = (float)fa_factor;
-    c.build = build_for(chosen);
-    c.tile = tile_for(chosen);
-    c.tile_rows = tile_rows_for(chosen);
+    const kernel_traits *kt = traits_for(chosen);
+    c.build = kt->build;
+    c.tile = kt->tile;
+    c.tile_rows = kt->tile_rows;
     c.scratch = scratch;
     const int64_t ntiles = p.m0 * p.bits / p.bm;
     const int nt = clamp_threads(threads, ntiles);
@@ -396,7 +384,7 @@ static PyObject *py_build_lut(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lut: x must hold N rows of K float32");
         goto done;
     }
-    const build_fn build = build_for(chosen);
+    const build_fn build = traits_for(chosen)->build;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r = 0; r < n; ++r)
         build((const float *)x.buf + r * k, k, ags, bias_group, mode, (char *)table.buf + r * tb,
@@ -460,7 +448,7 @@ static PyObject *py_dequant_gemm(PyObject *self, PyObject *args) {
     const int64_t ntiles = p.m0 * p.bits / p.bm;
     const int nt = clamp_threads(threads, ntiles);
     dq_ctx c = {&p, (const uint8_t *)blob.buf, NULL, (const float *)x.buf, n, (float *)y.buf, scratch,
-                4 * p.kf * 8 + 8 * n, dq_for(chosen)};
+                4 * p.kf * 8 + 8 * n, traits_for(chosen)->dq};
     c.S = (const float *)((const uint8_t *)blob.buf + p.m0 * p.k * p.bits / 8);
     int ok = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -535,7 +523,7 @@ static PyObject *py_reference(PyObject *self, PyObject *args) {
         goto done;
     ref_ctx c = {(const uint8_t *)codes.buf, (const int16_t *)a.buf, m0, k, n, gs, (double)(1 << (bits - 1)),
                  (const double *)s.buf, have_z ? (const double *)z.buf : NULL, (const double *)A.buf,
-                 (double *)y.buf, ref_for(chosen)};
+                 (double *)y.buf, traits_for(chosen)->ref};
     Py_BEGIN_ALLOW_THREADS
     if (pool->begin(0)) { /* begin(0) only fails if no 64 bytes can be had; then the error below */
         pool->run(threads, m0, ref_range, &c);
