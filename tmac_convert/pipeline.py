@@ -20,52 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import TmacError
+from .parallel import Budget, Stopped
 
 INFLIGHT_BYTES = 384 << 20
 _END = object()
-
-
-class _Stopped(Exception):
-    pass
-
-
-class _Budget:
-    """Counts tensors and bytes in flight; ``acquire`` (the reader thread's alone) blocks until there is room.
-
-    ``release`` and ``stop`` (any thread) only post to a C-level :class:`queue.SimpleQueue` that the reader
-    drains, so the caller's thread never holds a Python lock here: an interrupt (Ctrl-C, SIGTERM) is raised in
-    that thread at any bytecode, also between a lock's acquire and the ``with`` block that would release it,
-    and a lock left held that way deadlocked the cleanup (seen once in a CI run of the random-kill test)."""
-
-    def __init__(self, max_bytes: int, max_items: int) -> None:
-        self.max_bytes, self.max_items = max_bytes, max_items
-        self.bytes = self.items = 0
-        self.posted: queue.SimpleQueue = queue.SimpleQueue()  # released byte counts; None: stop
-
-    def _apply(self, n: int | None) -> None:
-        if n is None:
-            raise _Stopped
-        self.items -= 1
-        self.bytes -= n
-
-    def acquire(self, n: int) -> None:
-        while True:
-            try:
-                while True:
-                    self._apply(self.posted.get_nowait())
-            except queue.Empty:
-                pass
-            if not (self.items and (self.items >= self.max_items or self.bytes + n > self.max_bytes)):
-                break
-            self._apply(self.posted.get())
-        self.items += 1
-        self.bytes += n
-
-    def release(self, n: int) -> None:
-        self.posted.put(n)
-
-    def stop(self) -> None:
-        self.posted.put(None)
 
 
 def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any, Any], Any], *,
@@ -98,8 +56,8 @@ def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any
             yield work(t, planned(i, t))
         return
 
-    budget = _Budget(max_bytes, threads + 2)
-    # C-level queues only, for the same reason as _Budget: the caller's thread takes each result from its own
+    budget = Budget(max_bytes, threads + 2)
+    # C-level queues only (see tmac_convert.parallel): the caller's thread takes each result from its own
     # one-item box rather than from the future (whose result() holds a Python lock).
     q: queue.SimpleQueue = queue.SimpleQueue()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="tmac-convert")
@@ -128,7 +86,7 @@ def run_pipeline(tensors: Iterable[Any], entries: list[Any], work: Callable[[Any
                 q.put((box, n))
                 del t
                 i += 1
-        except _Stopped:
+        except Stopped:
             return
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             q.put(e)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 
 from ..errors import TmacError
 from ..format.tensor import FileSpan
+from ..parallel import StopFlag
 
 #: Bytes per step of the fallback copy (bounds its memory).
 CHUNK = 8 << 20
@@ -25,28 +25,8 @@ _UNSUPPORTED = frozenset(e for e in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, er
                                      getattr(errno, "ENOTSUP", None)) if e is not None)
 
 
-class StopFlag:
-    """A stop request that one thread sets and others poll.
-
-    A plain attribute rather than a :class:`threading.Event`: ``Event.set()`` takes a Python lock, and a
-    signal's exception raised between that lock's acquire and the ``with`` block that releases it would leave
-    it held for ever (the converter's thread sets the flag while it cleans up after Ctrl-C).
-    """
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
 def copy_span(span: FileSpan, dst_fd: int, dst_offset: int, *, tensor: str | None = None,
-              stop: StopFlag | threading.Event | None = None) -> str:
+              stop: StopFlag | None = None) -> str:
     """Copy ``span``'s bytes to ``dst_fd`` at ``dst_offset`` (the file position of ``dst_fd`` is not used).
 
     Returns ``"copy_file_range"`` or ``"read/write"`` (how it was done), or ``"stopped"`` when ``stop`` was set

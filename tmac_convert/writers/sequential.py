@@ -22,6 +22,7 @@ import errno
 import mmap
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,8 @@ import numpy as np
 
 from ..errors import TmacError
 from ..format.tensor import FileSpan
-from .copy import StopFlag, copy_span
+from ..parallel import Budget, StopFlag, Stopped
+from .copy import copy_span
 from .writeback import Writeback
 
 try:
@@ -79,13 +81,9 @@ class SequentialWriter:
         self.mode = "direct" if self.fd >= 0 else "buffered"
         if self.fd < 0:
             self.fd = os.open(self.path, os.O_WRONLY)
-        # The caller's thread waits on C-level SimpleQueues only, never on a Python lock: Ctrl-C raises in that
-        # thread at any bytecode, also between a lock's acquire and the `with` block that would release it, and
-        # a lock left held there deadlocks the cleanup.  So the queued-bytes count is the caller's alone, and
-        # the writer hands back the bytes it is done with through ``_freed`` (a 0 wakes the caller on an error).
-        self._pending_max = max(1, pending_bytes)
-        self._pending = 0
-        self._freed: queue.SimpleQueue = queue.SimpleQueue()
+        # queued array bytes: the caller acquires, the writer thread releases (stop() on an error wakes the
+        # caller); no Python lock in the caller's thread (see tmac_convert.parallel)
+        self._budget = Budget(max(1, pending_bytes), sys.maxsize)
         self._error: BaseException | None = None
         self._stop = StopFlag()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -122,11 +120,11 @@ class SequentialWriter:
         if n == 0:
             return
         self._raise_error()
-        self._reclaim(block=False)
-        while self._pending and self._pending + n > self._pending_max:
-            self._reclaim(block=True)  # the disk is behind: wait for the writer to finish an array
+        try:
+            self._budget.acquire(n)  # waits while the disk is behind
+        except Stopped:
             self._raise_error()
-        self._pending += n
+            raise
         self._q.put(("mem", data))
         self.position += n
 
@@ -169,15 +167,6 @@ class SequentialWriter:
         if self._error is not None:
             raise self._error
 
-    def _reclaim(self, *, block: bool) -> None:
-        """Take back the bytes the writer has finished with (waiting for at least one hand-back if ``block``)."""
-        try:
-            self._pending -= self._freed.get(block=block)
-            while True:
-                self._pending -= self._freed.get_nowait()
-        except queue.Empty:
-            pass
-
     def _release(self) -> None:
         self._disk.shutdown(wait=True)
         if self._writeback is not None:
@@ -208,7 +197,7 @@ class SequentialWriter:
                 else:
                     self._guard(self._put_zeros, obj)
             if kind == "mem":
-                self._freed.put(obj.nbytes)
+                self._budget.release(obj.nbytes)
             del obj
 
     def _guard(self, fn, *args) -> None:
@@ -216,7 +205,7 @@ class SequentialWriter:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             self._error = e
-            self._freed.put(0)  # wakes a caller waiting in write()
+            self._budget.stop()  # wakes a caller waiting in write()
 
     def _put_array(self, src: np.ndarray) -> None:
         if self.mode == "buffered" and src.nbytes >= _DIRECT_FROM_ARRAY:
