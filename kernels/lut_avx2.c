@@ -7,18 +7,25 @@
  *     (j in the low 128-bit lane, j+1 in the high lane), and one 32-byte load takes those two tables,
  *     so a single _mm256_shuffle_epi8 looks up 16 rows in two tables: once with the low nibbles
  *     (rows 0..15 of the block) and once with the high nibbles (rows 16..31);
- *   - the int8 results are widened to int16 without crossing lanes (pmaddubsw against 1,0,1,0...
- *     picks the even rows, an arithmetic shift right by 8 the odd rows) and summed over the sub-group's
- *     tables;
- *     only at the end of the sub-group are the two lanes (tables j, j+1) added, the even/odd rows
- *     re-interleaved and the sums converted to float;
+ *   - 2 and 4 bits (sums_pair): the weight vector's bytes are first shuffled into plane pairs, so that each
+ *     lookup vector holds, per output, bit-plane p next to plane p+1, and one pmaddubsw against 1,2 both
+ *     widens to int16 and combines the two planes (S_p + 2 S_{p+1}); 1 and 3 bits (sums_int8): the int8
+ *     results are widened without crossing lanes (pmaddubsw against 1,0 picks the even rows, an arithmetic
+ *     shift right by 8 the odd rows) and the planes are combined in int32 afterwards (fold_int);
+ *     only at the end of the sub-group are the two lanes (tables j, j+1) added;
  *   - the float stage then repeats reference.py's operations in the same order (mul, then add:
- *     no FMA), 8 rows per vector, which is exactly one block of 8 outputs of one bit-plane.
+ *     no FMA), per output: 8 outputs per vector.
+ * The planes combined in integers before the float stage (the reference's comb = sum_i 2^i S_i) are what
+ * let the pair trick replace 4 of the 13 vector operations per table pair with 1 and halve the float stage
+ * (2-bit): measured on the EPYC, 4096x14336 in one process, old and new modules alternated, the GEMV 1.13-1.14x
+ * faster at 2 bits (1 and 2 threads), 1.07-1.19x at 4 bits, the row block (N = 256) 1.24-1.47x; 1 bit (no
+ * planes to pair) 0.96x.  Combining the planes alone, with the even/odd widening kept, was no faster.
  * Measured on this project's AMD EPYC (shared, 4096x14336 2-bit GEMV): the table loop unrolled four
  * times (8 tables) beat no unrolling (-20%) and full unrolling (register spills, -25%); widening by
  * shifts alone (3 shift ops per vector) was marginally slower, one pmaddubsw and one shift faster; keeping a block's accumulators in registers
  * across K (block-outer order) and processing two blocks per table load were both slower.
- * Tried on 2026-12-03 in an interleaved C harness (rdtsc, bit-identical outputs), not kept:
+ * Tried on 2026-12-03 in an interleaved C harness (rdtsc, bit-identical outputs), with the float stage still per
+ * bit-plane, not kept:
  *   - row block: the two tables' lookups interleaved bytewise (punpcklbw/hbw) and summed in pairs by one
  *     pmaddubsw against ones, in natural row order: 1-bit and 4-bit 7-13% faster, 2-bit 1-3% slower;
  *   - row block: sums widened in place (pmaddwd against 1,0 and psrad: no lane crossing) in a strided row
@@ -27,12 +34,6 @@
  *   - both kernels: tables biased by 0x80, summed as whole words with the odd bytes taken by pmaddubsw
  *     (bias removed exactly through the start values): 2-9% slower in the GEMV, no change in the row block;
  *   - row block: tables broadcast once per chunk into 32-byte copies: 3-5% slower.
- * Tried on 2026-12-03, a change of semantics (reference and every path), not kept: the bit-planes of each
- * output combined in int32 (sum_i 2^i S_i) before the float stage, which then runs per output instead of per
- * bit-row (b times fewer conversions, multiplies and adds; 3-bit in super-blocks of 96 rows).  All paths
- * bit-identical to the new reference, but in the same C harness (4096x1024, kfactor 32) the GEMV was 3-6%
- * slower with GCC (2- and 4-bit; with adds instead of shifts no better) and 3-5% faster with Clang, and the
- * row block (N = 8) unchanged: the float stage is not what bounds these loops on the EPYC.
  */
 #include "lut_core.h"
 
@@ -43,6 +44,10 @@
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE_FWD static inline __attribute__((always_inline))
+/* The float stage and the plane-pair helpers, shared with lut_avx512.c. */
+#define LUT_FLOAT_TARGET AVX2
+#include "lut_float_x86.h"
+
 /* Software prefetch in the GEMV tile kernel: the weights 4 KiB ahead and the scales two weight groups ahead.
  * At one thread the kernel's arithmetic alone runs at about the machine's read bandwidth, so the hardware
  * prefetchers alone leave the loads exposed: measured on this project's EPYC (4096x14336 2-bit, streaming
@@ -125,23 +130,23 @@ static inline AVX2 __m128i ravg_epi8_128(__m128i a, __m128i b) {
     return _mm_xor_si128(_mm_avg_epu8(_mm_xor_si128(a, k80), _mm_xor_si128(b, k80)), k80);
 }
 
-/* The int16 sums of one sub-group to floats: ae/ao hold the even/odd rows 0..15 and be/bo rows 16..31,
+/* The int16 sums of one sub-group to int32: ae/ao hold the even/odd rows 0..15 and be/bo rows 16..31,
  * two tables per register (one per 128-bit lane).  Add the two lanes, then put even and odd rows back in
- * order: f[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
-INLINE_FWD AVX2 void sums_to_floats(__m256i ae, __m256i ao, __m256i be, __m256i bo, __m256 f[4]) {
+ * order: v[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
+INLINE_FWD AVX2 void sums_to_int32(__m256i ae, __m256i ao, __m256i be, __m256i bo, __m256i v[4]) {
     const __m128i e0 = _mm_add_epi16(_mm256_castsi256_si128(ae), _mm256_extracti128_si256(ae, 1));
     const __m128i o0 = _mm_add_epi16(_mm256_castsi256_si128(ao), _mm256_extracti128_si256(ao, 1));
     const __m128i e1 = _mm_add_epi16(_mm256_castsi256_si128(be), _mm256_extracti128_si256(be, 1));
     const __m128i o1 = _mm_add_epi16(_mm256_castsi256_si128(bo), _mm256_extracti128_si256(bo, 1));
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0)));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1)));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1)));
+    v[0] = _mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e0, o0));
+    v[1] = _mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e0, o0));
+    v[2] = _mm256_cvtepi16_epi32(_mm_unpacklo_epi16(e1, o1));
+    v[3] = _mm256_cvtepi16_epi32(_mm_unpackhi_epi16(e1, o1));
 }
 
-/* int8 sums of one sub-group for the 32 rows of a block, as 4 float vectors (rows 0-7, ..., 24-31).
+/* int8 sums of one sub-group for the 32 rows of a block, as 4 int32 vectors (rows 0-7, ..., 24-31).
  * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group. */
-INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256i f[4]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     /* Widening to int16 without crossing lanes: pmaddubsw with 1,0,1,0... picks the even signed bytes, an
      * arithmetic shift right by 8 the odd ones.  One of each (rather than two pmaddubsw, or three shifts)
@@ -165,12 +170,49 @@ INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, _
         be = _mm256_add_epi16(be, _mm256_maddubs_epi16(even, b));
         bo = _mm256_add_epi16(bo, _mm256_srai_epi16(b, 8));
     }
-    sums_to_floats(ae, ao, be, bo, f);
+    sums_to_int32(ae, ao, be, bo, f);
+}
+
+/* 2 and 4 bits: the two bit-planes of an output in adjacent bytes, combined by one pmaddubsw against 1,2.
+ * In the layout a 16-byte weight vector's bytes 0-7 are plane p of 8 outputs and bytes 8-15 plane p + 1 of the
+ * same outputs (in both nibbles: rows 0..15 and 16..31); one byte shuffle of the weight vector (PAIR_PERM:
+ * 0,8,1,9,...) puts the two planes of each output side by side before the nibbles are split, so that every
+ * lookup vector holds (plane p, plane p + 1) pairs and pmaddubsw(1,2,...) sums S_p + 2 S_{p+1} into int16
+ * directly: one shuffle replaces the even/odd widening (two operations per lookup vector) and the plane fold.
+ * Exact: |S_p + 2 S_{p+1}| <= 3 * 128 * actk fits int16 for actk <= 32.
+ * comb: 2 bits, outputs 0-7 (low nibbles) and 8-15 (high nibbles); 4 bits, outputs 0-7
+ * (planes 0,1 + 4 * planes 2,3). */
+#define PAIR_PERM() _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, \
+                                     0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15)
+#define ROWS_PAIRED 4 /* rows per index load in the row block (one accumulator per row) */
+
+INLINE_FWD AVX2 void sums_pair(const uint8_t *wv, const int8_t *tv, int64_t n, const int BITS, __m256i comb[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), perm = PAIR_PERM(), c12 = _mm256_set1_epi16(0x0201);
+    __m256i a16 = _mm256_setzero_si256(), b16 = a16;
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < n; i += 2) {
+        __m256i W, T;
+        if (i + 1 < n) {
+            W = _mm256_loadu_si256((const __m256i *)(wv + 16 * i));
+            T = _mm256_loadu_si256((const __m256i *)(tv + 16 * i));
+        } else { /* odd count: a zero table in the high lane looks up zeros */
+            W = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(wv + 16 * i)));
+            T = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i)));
+        }
+        W = _mm256_shuffle_epi8(W, perm);
+        const __m256i a = _mm256_shuffle_epi8(T, _mm256_and_si256(W, m4));
+        const __m256i b = _mm256_shuffle_epi8(T, _mm256_and_si256(_mm256_srli_epi16(W, 4), m4));
+        a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(c12, a));
+        b16 = _mm256_add_epi16(b16, _mm256_maddubs_epi16(c12, b));
+    }
+    /* tables j (low lane) and j + 1 (high lane) added */
+    pair_sums_to_int32(_mm_add_epi16(_mm256_castsi256_si128(a16), _mm256_extracti128_si256(a16, 1)),
+                       _mm_add_epi16(_mm256_castsi256_si128(b16), _mm256_extracti128_si256(b16, 1)), BITS, comb);
 }
 
 /* Fast aggregation: the same lookups reduced by a tree of rounding-halving averages.  The first level
  * averages the two lanes (tables 2i, 2i+1); later levels average whole vectors of 32 rows. */
-INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m256i f[4]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i lv[16];
     lv[0] = _mm256_setzero_si256();
@@ -192,10 +234,10 @@ INLINE_FWD AVX2 void sums_fa(const uint8_t *wv, const int8_t *tv, int64_t n, __m
             for (int64_t i = 0; i < m / 2; ++i) lv[i] = ravg_epi8(lv[2 * i], lv[2 * i + 1]);
     }
     const __m128i lo = _mm256_castsi256_si128(lv[0]), hi = _mm256_extracti128_si256(lv[0], 1);
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    f[0] = _mm256_cvtepi8_epi32(lo);
+    f[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8));
+    f[2] = _mm256_cvtepi8_epi32(hi);
+    f[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8));
 }
 
 /* Float tables (the exact-check mode): the same lookups in float32, 8 rows per vector.  A table's 16 floats
@@ -225,80 +267,96 @@ INLINE_FWD AVX2 void sums_float(const uint8_t *wv, const float *tv, int64_t n, _
 
 enum { AGG_INT16 = 0, AGG_FAST = 1, AGG_FLOAT = 2 }; /* int8 tables summed in int16; -fa tree; float tables */
 
-#define LUT_FLOAT_TARGET AVX2
-#include "lut_float_x86.h"
-
 INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                              float *y, const int64_t ACTK, const int agg, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
-    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
+    const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const int8_t *table = (const int8_t *)row->table;
     const float *ftable = (const float *)row->table;
-    int32_t *info = (int32_t *)(C + bm);
-    block_info(info, bm, b, blk);
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
-    memset(C, 0, (size_t)bm * sizeof(float));
+    memset(C, 0, (size_t)P * sizeof(float));
     const float *Sg = S;
     int64_t left = chunks_per_group;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
         const int8_t *tk = table + ko * kf * 16;
         const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
-        for (int64_t B = 0; B < nB; ++B) {
-            const int32_t *bi = info + 4 * B;
-            const uint8_t *wb = wk + B * kf * 16;
-            for (int64_t o = 0; o < kf * 16; o += 64) _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
+        for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) { /* one super-block: NOG(BITS) groups of 8 outputs */
+            const uint8_t *wb = wk + B0 * kf * 16;
+            for (int64_t o = 0; o < NB(BITS) * kf * 16; o += 64)
+                _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
             if (!per_tensor && group_stride >= 16) /* one line of a later group's scales per block */
-                _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride +
-                                            (((chunks_per_group - left) * nB + B) * 16) % group_stride), _MM_HINT_T0);
+                for (int bl = 0; bl < NB(BITS); ++bl)
+                    _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride +
+                                                (((chunks_per_group - left) * nB + B0 + bl) * 16) % group_stride),
+                                 _MM_HINT_T0);
             __m256 acc[4];
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
-                const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
                 __m256 f[4];
-                if (agg == AGG_FLOAT)
-                    sums_float(wb + sub * actk * 16, ftable + (ko * kf + sub * actk) * 16, actk, f);
-                else if (agg == AGG_FAST)
-                    sums_fa(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
-                else
-                    sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
-                add_subgroup(f, vs, row->vbias[sg], sub, bi, BITS, acc);
+                if (agg == AGG_FLOAT) {
+                    for (int bl = 0; bl < NB(BITS); ++bl) {
+                        __m256 v[4];
+                        sums_float(wb + (bl * kf + sub * actk) * 16, ftable + (ko * kf + sub * actk) * 16, actk, v);
+                        fold_float(v, bl, BITS, f);
+                    }
+                } else {
+                    __m256i comb[4];
+                    for (int bl = 0; bl < NB(BITS); ++bl) {
+                        __m256i v[4];
+                        if (agg == AGG_INT16 && PAIRED(BITS)) { /* NB is 1: the comb of the block */
+                            sums_pair(wb + sub * actk * 16, tk + sub * actk * 16, actk, BITS, comb);
+                            break;
+                        }
+                        if (agg == AGG_FAST)
+                            sums_fa(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
+                        else
+                            sums_int8(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
+                        fold_int(v, bl, BITS, comb);
+                    }
+                    comb_to_floats(comb, NOG(BITS), f);
+                }
+                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub, acc);
             }
-            update_block(C + B * 32, acc, Sg, vbsum, per_tensor, zp, bi, B, blk, BITS);
+            const int64_t o0 = B0 * 32 / BITS; /* the super-block's first output */
+            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum, per_tensor, zp, blk);
         }
         if (--left == 0) { /* next weight group */
             Sg += group_stride;
             left = chunks_per_group;
         }
     }
-    combine_planes(C, y, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+    finish_outputs(C, y, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
+
+/* Every copy takes its bit width as a constant (the plane folds then stay in registers). */
+#define BY_BITS(CALL) switch (p->bits) { \
+    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; default: CALL(4); break; }
 
 AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                         float *y) {
+#define FLOAT_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_FLOAT, B)
+#define FAST_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_FAST, B)
     if (p->mode == LUT_FLOAT) {
-        tile_kernel(p, w, S, row, C, y, 0, AGG_FLOAT, 0);
+        BY_BITS(FLOAT_TILE)
         return;
     }
     if (p->fa) {
-        tile_kernel(p, w, S, row, C, y, 0, AGG_FAST, 0);
+        BY_BITS(FAST_TILE)
         return;
     }
-    /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32), and the bit widths whose
-     * plane pattern is the same in every 32-row block */
-#define BY_BITS(A) switch (p->bits) { \
-    case 1: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 1); break; \
-    case 2: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 2); break; \
-    case 4: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 4); break; \
-    default: tile_kernel(p, w, S, row, C, y, A, AGG_INT16, 0); break; }
+    /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32) */
+#define INT_TILE8(B) tile_kernel(p, w, S, row, C, y, 8, AGG_INT16, B)
+#define INT_TILE16(B) tile_kernel(p, w, S, row, C, y, 16, AGG_INT16, B)
+#define INT_TILE32(B) tile_kernel(p, w, S, row, C, y, 32, AGG_INT16, B)
+#define INT_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_INT16, B)
     switch (p->actk) {
-    case 8: BY_BITS(8) break;
-    case 16: BY_BITS(16) break;
-    case 32: BY_BITS(32) break;
-    default: BY_BITS(0) break;
+    case 8: BY_BITS(INT_TILE8) break;
+    case 16: BY_BITS(INT_TILE16) break;
+    case 32: BY_BITS(INT_TILE32) break;
+    default: BY_BITS(INT_TILE) break;
     }
-#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -308,125 +366,129 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
  * operations per table pair) is shared.  Each row's integer sums and float operations are those of
  * tile_kernel, in the same order, so the outputs are the same bits. */
 
-/* Sums of one sub-group from pre-split indices: idx[i] holds table i's low nibbles (rows 0..15) in the low
- * lane and its high nibbles (rows 16..31) in the high lane, so one lookup in table i broadcast to both lanes
- * gives all 32 rows, and the int16 sums need no lane addition at the end (the GEMV kernel, which splits
- * each weight vector once, keeps two tables per register instead).  Two accumulator pairs halve the add
- * chains. */
-/* Even-row and odd-row int16 sums of one row (in the broadcast layout: low lane rows 0..15, high lane rows 16..31)
- * to floats: f[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
-INLINE_FWD AVX2 void bcast_sums_to_floats(__m256i ev, __m256i od, __m256 f[4]) {
-    const __m256i lo = _mm256_unpacklo_epi16(ev, od), hi = _mm256_unpackhi_epi16(ev, od); /* rows 0-7|16-23, 8-15|24-31 */
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)));
-}
-
-INLINE_FWD AVX2 void sums_bcast(const __m256i *idx, const int8_t *tv, int64_t n, __m256 f[4]) {
+/* Row sums of one sub-group for R activation rows from pre-split indices: idx[i] holds table i's low nibbles
+ * (rows 0..15) in the low lane and its high nibbles (rows 16..31) in the high lane, so one lookup in table i
+ * broadcast to both lanes gives all 32 rows, and the int16 sums need no lane addition at the end (the GEMV
+ * kernel, which splits each weight vector once, keeps two tables per register instead).  Each index vector is
+ * loaded once for the R rows.  v[r][0..3]: int32 sums of rows 0-7, ..., 24-31 of row r's lookups (1 and 3 bits,
+ * whose planes are folded afterwards). */
+INLINE_FWD AVX2 void sums_bcast(const __m256i *idx, const int8_t *const *t, int64_t n, const int R, __m256i v[][4]) {
     const __m256i even = _mm256_set1_epi16(0x0001); /* widening as in sums_int8 */
-    __m256i e0 = _mm256_setzero_si256(), o0 = e0, e1 = e0, o1 = e0;
-#pragma GCC unroll 4
-    for (int64_t i = 0; i + 1 < n; i += 2) {
-        const __m256i a = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i))),
-                                              _mm256_load_si256(idx + i));
-        const __m256i b = _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tv + 16 * i + 16))), _mm256_load_si256(idx + i + 1));
-        e0 = _mm256_add_epi16(e0, _mm256_maddubs_epi16(even, a));
-        o0 = _mm256_add_epi16(o0, _mm256_srai_epi16(a, 8));
-        e1 = _mm256_add_epi16(e1, _mm256_maddubs_epi16(even, b));
-        o1 = _mm256_add_epi16(o1, _mm256_srai_epi16(b, 8));
-    }
-    bcast_sums_to_floats(_mm256_add_epi16(e0, e1), _mm256_add_epi16(o0, o1), f);
-}
-
-/* The same for two rows (tables ta and tb) from one load of each index vector.  Measured on the EPYC: in the C
- * harness (4096x1024 tiles, 8 rows, kfactor 16 and 32, 1/2/4-bit) 3-5% faster than one row at a time with GCC and
- * 5-9% with Clang (three rows were no better, four spilled registers: 25% slower); kernels.gemm 4096x14336 2-bit,
- * old and new modules alternated in one process, 1.02-1.10x at N = 256 and 1 thread, 1.12-1.13x at 2 threads,
- * 1.10-1.18x at N = 64, the same bits. */
-INLINE_FWD AVX2 void sums_bcast2(const __m256i *idx, const int8_t *ta, const int8_t *tb, int64_t n, __m256 fa[4],
-                                 __m256 fb[4]) {
-    const __m256i even = _mm256_set1_epi16(0x0001);
-    __m256i ea = _mm256_setzero_si256(), oa = ea, eb = ea, ob = ea;
+    __m256i e[4], o[4];
+    for (int r = 0; r < R; ++r) e[r] = o[r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int64_t i = 0; i < n; ++i) {
         const __m256i ix = _mm256_load_si256(idx + i);
-        const __m256i a = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(ta + 16 * i))), ix);
-        const __m256i b = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + 16 * i))), ix);
-        ea = _mm256_add_epi16(ea, _mm256_maddubs_epi16(even, a));
-        oa = _mm256_add_epi16(oa, _mm256_srai_epi16(a, 8));
-        eb = _mm256_add_epi16(eb, _mm256_maddubs_epi16(even, b));
-        ob = _mm256_add_epi16(ob, _mm256_srai_epi16(b, 8));
+        for (int r = 0; r < R; ++r) {
+            const __m256i T = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t[r] + 16 * i)));
+            const __m256i a = _mm256_shuffle_epi8(T, ix);
+            e[r] = _mm256_add_epi16(e[r], _mm256_maddubs_epi16(even, a));
+            o[r] = _mm256_add_epi16(o[r], _mm256_srai_epi16(a, 8));
+        }
     }
-    bcast_sums_to_floats(ea, oa, fa);
-    bcast_sums_to_floats(eb, ob, fb);
+    for (int r = 0; r < R; ++r) {
+        /* rows 0-7|16-23, 8-15|24-31 */
+        const __m256i lo = _mm256_unpacklo_epi16(e[r], o[r]), hi = _mm256_unpackhi_epi16(e[r], o[r]);
+        v[r][0] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo));
+        v[r][1] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi));
+        v[r][2] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1));
+        v[r][3] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1));
+    }
+}
+
+/* The same for 2 and 4 bits from indices whose bytes were put in plane pairs (PAIR_PERM, as in sums_pair): one
+ * lookup, one pmaddubsw against 1,2 and one add per table and row, and the sums come out combined.
+ * comb[r]: 2 bits, outputs 0-7 and 8-15; 4 bits, outputs 0-7. */
+INLINE_FWD AVX2 void sums_pair_bcast(const __m256i *idx, const int8_t *const *t, int64_t n, const int R, const int BITS,
+                                     __m256i comb[][4]) {
+    const __m256i c12 = _mm256_set1_epi16(0x0201);
+    __m256i s[4];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < n; ++i) {
+        const __m256i ix = _mm256_load_si256(idx + i);
+        for (int r = 0; r < R; ++r) {
+            const __m256i T = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t[r] + 16 * i)));
+            const __m256i a = _mm256_shuffle_epi8(T, ix);
+            s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(c12, a));
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        pair_sums_to_int32(_mm256_castsi256_si128(s[r]), _mm256_extracti128_si256(s[r], 1), BITS, comb[r]);
 }
 
 #define ROWS_MAX_KF 32
 
+/* R rows (rows[0..R-1]) of a row block through one chunk and super-block: sums, float stage, partial outputs. */
+INLINE AVX2 void rows_step(const lut_problem *p, const __m256i *idx, const lut_row *rows, const int R, int64_t ko,
+                           int64_t o0, float *C, int64_t P, const float *Sg, const int64_t actk, const int BITS) {
+    const int64_t kf = p->kf, nsub = kf / actk;
+    const int blk = p->zp ? 16 : 8;
+    const int8_t *tk[4];
+    for (int r = 0; r < R; ++r) tk[r] = (const int8_t *)rows[r].table + ko * kf * 16;
+    __m256 acc[4][4];
+    for (int64_t sub = 0; sub < nsub; ++sub) {
+        const int64_t sg = ko * nsub + sub;
+        const int8_t *t[4];
+        for (int r = 0; r < R; ++r) t[r] = tk[r] + sub * actk * 16;
+        __m256i comb[4][4];
+        if (PAIRED(BITS)) {
+            sums_pair_bcast(idx + sub * actk, t, actk, R, BITS, comb);
+        } else {
+            for (int bl = 0; bl < NB(BITS); ++bl) {
+                __m256i v[4][4];
+                sums_bcast(idx + bl * kf + sub * actk, t, actk, R, v);
+                for (int r = 0; r < R; ++r) fold_int(v[r], bl, BITS, comb[r]);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            __m256 f[4];
+            comb_to_floats(comb[r], NOG(BITS), f);
+            add_subgroup(f, NOG(BITS), _mm256_set1_ps(rows[r].sgscale[sg]), _mm256_set1_ps(rows[r].vbias[sg]), sub,
+                         acc[r]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        update_outputs(C + r * P + o0, acc[r], NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(rows[r].bsum[ko]),
+                       p->per_tensor, p->zp, blk);
+}
+
 INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
                                 int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
-    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i idx[ROWS_MAX_KF];
-    int32_t *info = (int32_t *)(C + nrows * bm);
-    block_info(info, bm, b, blk);
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, P = bm / BITS;
+    const int blk = p->zp ? 16 : 8, per_tensor = p->per_tensor;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), perm = PAIR_PERM();
+    __m256i idx[NB(BITS) * ROWS_MAX_KF];
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
-    memset(C, 0, (size_t)(nrows * bm) * sizeof(float));
+    memset(C, 0, (size_t)(nrows * P) * sizeof(float));
     const float *Sg = S;
     int64_t left = chunks_per_group;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
-        for (int64_t B = 0; B < nB; ++B) {
-            const int32_t *bi = info + 4 * B;
-            const uint8_t *wb = wk + B * kf * 16;
-            for (int64_t i = 0; i < kf / 2; ++i) { /* tables 2i, 2i+1: low nibbles | high nibbles, per table */
-                const __m256i W = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
+        for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) {
+            const uint8_t *wb = wk + B0 * kf * 16;
+            for (int64_t i = 0; i < NB(BITS) * kf / 2; ++i) { /* tables 2i, 2i+1: low nibbles | high nibbles */
+                __m256i W = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
+                if (PAIRED(BITS)) W = _mm256_shuffle_epi8(W, perm);
                 const __m256i lo = _mm256_and_si256(W, m4), hi = _mm256_and_si256(_mm256_srli_epi16(W, 4), m4);
                 idx[2 * i] = _mm256_permute2x128_si256(lo, hi, 0x20);
                 idx[2 * i + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
             }
+            const int64_t o0 = B0 * 32 / BITS;
             int64_t r = 0;
-            for (; r + 2 <= nrows; r += 2) { /* two rows per index load (sums_bcast2) */
-                const lut_row *ra = rows + r, *rb = ra + 1;
-                const int8_t *ta = (const int8_t *)ra->table + ko * kf * 16, *tb = (const int8_t *)rb->table + ko * kf * 16;
-                __m256 acca[4], accb[4];
-                for (int64_t sub = 0; sub < nsub; ++sub) {
-                    const int64_t sg = ko * nsub + sub;
-                    __m256 fa[4], fb[4];
-                    sums_bcast2(idx + sub * actk, ta + sub * actk * 16, tb + sub * actk * 16, actk, fa, fb);
-                    add_subgroup(fa, _mm256_set1_ps(ra->sgscale[sg]), ra->vbias[sg], sub, bi, BITS, acca);
-                    add_subgroup(fb, _mm256_set1_ps(rb->sgscale[sg]), rb->vbias[sg], sub, bi, BITS, accb);
-                }
-                update_block(C + r * bm + B * 32, acca, Sg, _mm256_set1_ps(ra->bsum[ko]), per_tensor, zp, bi, B, blk,
-                             BITS);
-                update_block(C + (r + 1) * bm + B * 32, accb, Sg, _mm256_set1_ps(rb->bsum[ko]), per_tensor, zp, bi, B,
-                             blk, BITS);
-            }
-            if (r < nrows) { /* an odd row count's last row */
-                const lut_row *row = rows + r;
-                const int8_t *tk = (const int8_t *)row->table + ko * kf * 16;
-                __m256 acc[4];
-                for (int64_t sub = 0; sub < nsub; ++sub) {
-                    const int64_t sg = ko * nsub + sub;
-                    const __m256 vs = _mm256_set1_ps(row->sgscale[sg]);
-                    __m256 f[4];
-                    sums_bcast(idx + sub * actk, tk + sub * actk * 16, actk, f);
-                    add_subgroup(f, vs, row->vbias[sg], sub, bi, BITS, acc);
-                }
-                update_block(C + r * bm + B * 32, acc, Sg, _mm256_set1_ps(row->bsum[ko]), per_tensor, zp, bi, B, blk,
-                             BITS);
-            }
+            if (PAIRED(BITS))
+                for (; r + ROWS_PAIRED <= nrows; r += ROWS_PAIRED)
+                    rows_step(p, idx, rows + r, ROWS_PAIRED, ko, o0, C + r * P, P, Sg, actk, BITS);
+            for (; r + 2 <= nrows; r += 2) rows_step(p, idx, rows + r, 2, ko, o0, C + r * P, P, Sg, actk, BITS);
+            if (r < nrows) rows_step(p, idx, rows + r, 1, ko, o0, C + r * P, P, Sg, actk, BITS);
         }
         if (--left == 0) {
             Sg += group_stride;
             left = chunks_per_group;
         }
     }
-    for (int64_t r = 0; r < nrows; ++r) combine_planes(C + r * bm, y + r * ldy, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+    for (int64_t r = 0; r < nrows; ++r) finish_outputs(C + r * P, y + r * ldy, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
 
 AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
@@ -436,18 +498,16 @@ AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float
         for (int64_t r = 0; r < nrows; ++r) lut_tile_avx2(p, w, S, rows + r, C, y + r * ldy);
         return;
     }
-#define BY_BITS(A) switch (p->bits) { \
-    case 1: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 1); break; \
-    case 2: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 2); break; \
-    case 4: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 4); break; \
-    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 0); break; }
+#define ROWS8(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 8, B)
+#define ROWS16(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 16, B)
+#define ROWS32(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 32, B)
+#define ROWS(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 0, B)
     switch (p->actk) {
-    case 8: BY_BITS(8) break;
-    case 16: BY_BITS(16) break;
-    case 32: BY_BITS(32) break;
-    default: BY_BITS(0) break;
+    case 8: BY_BITS(ROWS8) break;
+    case 16: BY_BITS(ROWS16) break;
+    case 32: BY_BITS(ROWS32) break;
+    default: BY_BITS(ROWS) break;
     }
-#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------

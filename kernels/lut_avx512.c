@@ -49,6 +49,9 @@
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* The float stage and the plane-pair helpers, shared with lut_avx2.c. */
+#define LUT_FLOAT_TARGET AVX512
+#include "lut_float_x86.h"
 /* Software prefetch in the GEMV tile kernel, as in lut_avx2.c (whose values were measured there, for AVX2). */
 #define LUT_PREFETCH_BYTES 4096
 #define LUT_PREFETCH_GROUPS 2
@@ -83,9 +86,9 @@ INLINE AVX512 void lookup4(__m512i T, __m512i lo, __m512i hi, __m512i acc[4]) {
     acc[3] = _mm512_add_epi16(acc[3], _mm512_srai_epi16(b, 8));
 }
 
-/* acc (as lookup4 leaves it) to floats: the four lanes added, the rows put back in order;
+/* acc (as lookup4 leaves it) to int32: the four lanes added, the rows put back in order;
  * f[0..3] = rows 0-7, 8-15, 16-23, 24-31. */
-INLINE AVX512 void sums_to_floats(const __m512i acc[4], __m256 f[4]) {
+INLINE AVX512 void sums_to_int32(const __m512i acc[4], __m256i f[4]) {
     /* lanes (ae0+ae2, ae1+ae3, be0+be2, be1+be3), the same for the odd rows */
     const __m512i e = _mm512_add_epi16(_mm512_shuffle_i32x4(acc[0], acc[2], 0x44),
                                        _mm512_shuffle_i32x4(acc[0], acc[2], 0xEE));
@@ -95,15 +98,15 @@ INLINE AVX512 void sums_to_floats(const __m512i acc[4], __m256 f[4]) {
     const __m512i s = _mm512_add_epi16(_mm512_shuffle_i32x4(e, o, 0x88), _mm512_shuffle_i32x4(e, o, 0xDD));
     const __m256i ev = _mm512_castsi512_si256(s), od = _mm512_extracti64x4_epi64(s, 1);
     const __m256i lo = _mm256_unpacklo_epi16(ev, od), hi = _mm256_unpackhi_epi16(ev, od); /* rows 0-7|16-23, 8-15|24-31 */
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)));
+    f[0] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo));
+    f[1] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi));
+    f[2] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1));
+    f[3] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1));
 }
 
-/* int8 sums of one sub-group for the 32 rows of a block, as 4 float vectors (rows 0-7, ..., 24-31).
+/* int8 sums of one sub-group for the 32 rows of a block, as 4 int32 vectors (rows 0-7, ..., 24-31).
  * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group. */
-INLINE AVX512 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256 f[4]) {
+INLINE AVX512 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m256i f[4]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     int64_t i = 0;
@@ -118,22 +121,70 @@ INLINE AVX512 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, __m
         lookup4(load_lanes(tv + 16 * i, n - i), _mm512_and_si512(W, m4), _mm512_and_si512(_mm512_srli_epi16(W, 4), m4),
                 acc);
     }
-    sums_to_floats(acc, f);
+    sums_to_int32(acc, f);
 }
 
 /* The same from indices split beforehand (the row block): lo[g], hi[g] for tables 4g..4g+3. */
-INLINE AVX512 void sums_split(const __m512i *lo, const __m512i *hi, const int8_t *tv, int64_t n, __m256 f[4]) {
+INLINE AVX512 void sums_split(const __m512i *lo, const __m512i *hi, const int8_t *tv, int64_t n, __m256i f[4]) {
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     int64_t i = 0, g = 0;
 #pragma GCC unroll 4
     for (; i + 4 <= n; i += 4, ++g) lookup4(_mm512_loadu_si512(tv + 16 * i), lo[g], hi[g], acc);
     if (i < n) lookup4(load_lanes(tv + 16 * i, n - i), lo[g], hi[g], acc);
-    sums_to_floats(acc, f);
+    sums_to_int32(acc, f);
 }
 
-/* The float stage, shared with lut_avx2.c. */
-#define LUT_FLOAT_TARGET AVX512
-#include "lut_float_x86.h"
+
+/* 2 and 4 bits (PAIRED): the weight vector's bytes shuffled into plane pairs (0,8,1,9,... in every lane), so
+ * that one pmaddubsw against 1,2 sums S_p + 2 S_{p+1} of each output (see lut_avx2.c's sums_pair). */
+INLINE AVX512 __m512i pair_perm(void) {
+    return _mm512_broadcast_i32x4(_mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15));
+}
+
+/* Four tables (one per lane) looked up with plane-paired indices, the pairs summed into a (low nibbles) and
+ * b (high nibbles). */
+INLINE AVX512 void lookup4_pair(__m512i T, __m512i lo, __m512i hi, __m512i *a, __m512i *b) {
+    const __m512i c12 = _mm512_set1_epi16(0x0201);
+    *a = _mm512_add_epi16(*a, _mm512_maddubs_epi16(c12, _mm512_shuffle_epi8(T, lo)));
+    *b = _mm512_add_epi16(*b, _mm512_maddubs_epi16(c12, _mm512_shuffle_epi8(T, hi)));
+}
+
+/* The four lanes of a and b added (the four tables of each step), then combined per output. */
+INLINE AVX512 void pair_lanes_to_int32(__m512i a, __m512i b, const int BITS, __m256i comb[4]) {
+    const __m256i a2 = _mm256_add_epi16(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+    const __m256i b2 = _mm256_add_epi16(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1));
+    pair_sums_to_int32(_mm_add_epi16(_mm256_castsi256_si128(a2), _mm256_extracti128_si256(a2, 1)),
+                       _mm_add_epi16(_mm256_castsi256_si128(b2), _mm256_extracti128_si256(b2, 1)), BITS, comb);
+}
+
+INLINE AVX512 void sums_pair(const uint8_t *wv, const int8_t *tv, int64_t n, const int BITS, __m256i comb[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), perm = pair_perm();
+    __m512i a = _mm512_setzero_si512(), b = a;
+    int64_t i = 0;
+#pragma GCC unroll 4
+    for (; i + 4 <= n; i += 4) {
+        const __m512i W = _mm512_shuffle_epi8(_mm512_loadu_si512(wv + 16 * i), perm);
+        lookup4_pair(_mm512_loadu_si512(tv + 16 * i), _mm512_and_si512(W, m4),
+                     _mm512_and_si512(_mm512_srli_epi16(W, 4), m4), &a, &b);
+    }
+    if (i < n) { /* zero lanes look up zeros in zero tables */
+        const __m512i W = _mm512_shuffle_epi8(load_lanes(wv + 16 * i, n - i), perm);
+        lookup4_pair(load_lanes(tv + 16 * i, n - i), _mm512_and_si512(W, m4),
+                     _mm512_and_si512(_mm512_srli_epi16(W, 4), m4), &a, &b);
+    }
+    pair_lanes_to_int32(a, b, BITS, comb);
+}
+
+/* The same from indices split (and paired) beforehand: the row block. */
+INLINE AVX512 void sums_split_pair(const __m512i *lo, const __m512i *hi, const int8_t *tv, int64_t n, const int BITS,
+                                   __m256i comb[4]) {
+    __m512i a = _mm512_setzero_si512(), b = a;
+    int64_t i = 0, g = 0;
+#pragma GCC unroll 4
+    for (; i + 4 <= n; i += 4, ++g) lookup4_pair(_mm512_loadu_si512(tv + 16 * i), lo[g], hi[g], &a, &b);
+    if (i < n) lookup4_pair(load_lanes(tv + 16 * i, n - i), lo[g], hi[g], &a, &b);
+    pair_lanes_to_int32(a, b, BITS, comb);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * One row through one tile (GEMV), int8 tables summed in int16.  ACTK and BITS are compile-time constants
@@ -142,42 +193,57 @@ INLINE AVX512 void sums_split(const __m512i *lo, const __m512i *hi, const int8_t
 INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                                float *y, const int64_t ACTK, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
-    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
+    const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const int8_t *table = (const int8_t *)row->table;
-    int32_t *info = (int32_t *)(C + bm);
-    block_info(info, bm, b, blk);
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
-    memset(C, 0, (size_t)bm * sizeof(float));
+    memset(C, 0, (size_t)P * sizeof(float));
     const float *Sg = S;
     int64_t left = chunks_per_group;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
         const int8_t *tk = table + ko * kf * 16;
         const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
-        for (int64_t B = 0; B < nB; ++B) {
-            const int32_t *bi = info + 4 * B;
-            const uint8_t *wb = wk + B * kf * 16;
-            for (int64_t o = 0; o < kf * 16; o += 64) _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
+        for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) { /* one super-block: NOG(BITS) groups of 8 outputs */
+            const uint8_t *wb = wk + B0 * kf * 16;
+            for (int64_t o = 0; o < NB(BITS) * kf * 16; o += 64)
+                _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
             if (!per_tensor && group_stride >= 16) /* one line of a later group's scales per block */
-                _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride +
-                                            (((chunks_per_group - left) * nB + B) * 16) % group_stride), _MM_HINT_T0);
-            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int bl = 0; bl < NB(BITS); ++bl)
+                    _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride +
+                                                (((chunks_per_group - left) * nB + B0 + bl) * 16) % group_stride),
+                                 _MM_HINT_T0);
+            __m256 acc[4];
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
+                __m256i comb[4];
+                if (PAIRED(BITS)) {
+                    sums_pair(wb + sub * actk * 16, tk + sub * actk * 16, actk, BITS, comb);
+                } else {
+                    for (int bl = 0; bl < NB(BITS); ++bl) {
+                        __m256i v[4];
+                        sums_int8(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
+                        fold_int(v, bl, BITS, comb);
+                    }
+                }
                 __m256 f[4];
-                sums_int8(wb + sub * actk * 16, tk + sub * actk * 16, actk, f);
-                add_subgroup(f, _mm256_set1_ps(row->sgscale[sg]), row->vbias[sg], sub, bi, BITS, acc);
+                comb_to_floats(comb, NOG(BITS), f);
+                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub, acc);
             }
-            update_block(C + B * 32, acc, Sg, vbsum, per_tensor, zp, bi, B, blk, BITS);
+            const int64_t o0 = B0 * 32 / BITS; /* the super-block's first output */
+            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum, per_tensor, zp, blk);
         }
         if (--left == 0) { /* next weight group */
             Sg += group_stride;
             left = chunks_per_group;
         }
     }
-    combine_planes(C, y, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+    finish_outputs(C, y, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
+
+/* Every copy takes its bit width as a constant (the plane folds then stay in registers). */
+#define BY_BITS(CALL) switch (p->bits) { \
+    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; default: CALL(4); break; }
 
 AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                             float *y) {
@@ -185,18 +251,16 @@ AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float 
         FALLBACK(lut_tile)(p, w, S, row, C, y);
         return;
     }
-#define BY_BITS(A) switch (p->bits) { \
-    case 1: tile_kernel(p, w, S, row, C, y, A, 1); break; \
-    case 2: tile_kernel(p, w, S, row, C, y, A, 2); break; \
-    case 4: tile_kernel(p, w, S, row, C, y, A, 4); break; \
-    default: tile_kernel(p, w, S, row, C, y, A, 0); break; }
+#define TILE8(B) tile_kernel(p, w, S, row, C, y, 8, B)
+#define TILE16(B) tile_kernel(p, w, S, row, C, y, 16, B)
+#define TILE32(B) tile_kernel(p, w, S, row, C, y, 32, B)
+#define TILE(B) tile_kernel(p, w, S, row, C, y, 0, B)
     switch (p->actk) {
-    case 8: BY_BITS(8) break;
-    case 16: BY_BITS(16) break;
-    case 32: BY_BITS(32) break;
-    default: BY_BITS(0) break;
+    case 8: BY_BITS(TILE8) break;
+    case 16: BY_BITS(TILE16) break;
+    case 32: BY_BITS(TILE32) break;
+    default: BY_BITS(TILE) break;
     }
-#undef BY_BITS
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -209,41 +273,54 @@ AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float 
 INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
                                   int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / p->bits;
+    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
     const int64_t nv = (actk + 3) / 4; /* split vectors per sub-group */
-    const int b = p->bits, blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i lo[ROWS_MAX_KF], hi[ROWS_MAX_KF];
-    int32_t *info = (int32_t *)(C + nrows * bm);
-    block_info(info, bm, b, blk);
+    const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), perm = pair_perm();
+    __m512i lo[NB(BITS) * ROWS_MAX_KF], hi[NB(BITS) * ROWS_MAX_KF];
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
-    memset(C, 0, (size_t)(nrows * bm) * sizeof(float));
+    memset(C, 0, (size_t)(nrows * P) * sizeof(float));
     const float *Sg = S;
     int64_t left = chunks_per_group;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
-        for (int64_t B = 0; B < nB; ++B) {
-            const int32_t *bi = info + 4 * B;
-            const uint8_t *wb = wk + B * kf * 16;
-            for (int64_t sub = 0; sub < nsub; ++sub)
-                for (int64_t g = 0; g < nv; ++g) {
-                    const int64_t j = sub * actk + 4 * g, r = actk - 4 * g;
-                    const __m512i W = load_lanes(wb + 16 * j, r);
-                    lo[sub * nv + g] = _mm512_and_si512(W, m4);
-                    hi[sub * nv + g] = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
-                }
+        for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) {
+            for (int bl = 0; bl < NB(BITS); ++bl) {
+                const uint8_t *wb = wk + (B0 + bl) * kf * 16;
+                for (int64_t sub = 0; sub < nsub; ++sub)
+                    for (int64_t g = 0; g < nv; ++g) {
+                        const int64_t j = sub * actk + 4 * g, r = actk - 4 * g, at = (bl * nsub + sub) * nv + g;
+                        __m512i W = load_lanes(wb + 16 * j, r);
+                        if (PAIRED(BITS)) W = _mm512_shuffle_epi8(W, perm);
+                        lo[at] = _mm512_and_si512(W, m4);
+                        hi[at] = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
+                    }
+            }
+            const int64_t o0 = B0 * 32 / BITS;
             for (int64_t r = 0; r < nrows; ++r) {
                 const lut_row *row = rows + r;
                 const int8_t *tk = (const int8_t *)row->table + ko * kf * 16;
-                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                __m256 acc[4];
                 for (int64_t sub = 0; sub < nsub; ++sub) {
                     const int64_t sg = ko * nsub + sub;
+                    __m256i comb[4];
+                    if (PAIRED(BITS)) {
+                        sums_split_pair(lo + sub * nv, hi + sub * nv, tk + sub * actk * 16, actk, BITS, comb);
+                    } else {
+                        for (int bl = 0; bl < NB(BITS); ++bl) {
+                            const int64_t at = (bl * nsub + sub) * nv;
+                            __m256i v[4];
+                            sums_split(lo + at, hi + at, tk + sub * actk * 16, actk, v);
+                            fold_int(v, bl, BITS, comb);
+                        }
+                    }
                     __m256 f[4];
-                    sums_split(lo + sub * nv, hi + sub * nv, tk + sub * actk * 16, actk, f);
-                    add_subgroup(f, _mm256_set1_ps(row->sgscale[sg]), row->vbias[sg], sub, bi, BITS, acc);
+                    comb_to_floats(comb, NOG(BITS), f);
+                    add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub,
+                                 acc);
                 }
-                update_block(C + r * bm + B * 32, acc, Sg, _mm256_set1_ps(row->bsum[ko]), per_tensor, zp, bi, B, blk,
-                             BITS);
+                update_outputs(C + r * P + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(row->bsum[ko]),
+                               per_tensor, zp, blk);
             }
         }
         if (--left == 0) {
@@ -251,7 +328,7 @@ INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const 
             left = chunks_per_group;
         }
     }
-    for (int64_t r = 0; r < nrows; ++r) combine_planes(C + r * bm, y + r * ldy, P, b, per_tensor, per_tensor ? S[0] : 0.0f);
+    for (int64_t r = 0; r < nrows; ++r) finish_outputs(C + r * P, y + r * ldy, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
 
 AVX512 void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
@@ -264,18 +341,16 @@ AVX512 void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const f
         for (int64_t r = 0; r < nrows; ++r) lut_tile_avx512(p, w, S, rows + r, C, y + r * ldy);
         return;
     }
-#define BY_BITS(A) switch (p->bits) { \
-    case 1: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 1); break; \
-    case 2: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 2); break; \
-    case 4: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 4); break; \
-    default: tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, 0); break; }
+#define ROWS8(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 8, B)
+#define ROWS16(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 16, B)
+#define ROWS32(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 32, B)
+#define ROWS(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 0, B)
     switch (p->actk) {
-    case 8: BY_BITS(8) break;
-    case 16: BY_BITS(16) break;
-    case 32: BY_BITS(32) break;
-    default: BY_BITS(0) break;
+    case 8: BY_BITS(ROWS8) break;
+    case 16: BY_BITS(ROWS16) break;
+    case 32: BY_BITS(ROWS32) break;
+    default: BY_BITS(ROWS) break;
     }
-#undef BY_BITS
 }
 
 #endif /* TMAC_HAVE_AVX512 */

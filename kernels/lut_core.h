@@ -50,7 +50,7 @@ typedef struct {
 typedef struct {
     const void *table;    /* int8 or float [K/4][16], natural code order */
     const float *sgscale; /* [K/(4 actk)]: multiplies sub-group sg's integer (or float) sum */
-    const float *vbias;   /* [K/(4 actk)]: added to sub-group sg's sums on bit-plane-0 rows */
+    const float *vbias;   /* [K/(4 actk)]: added to sub-group sg's scaled sums, once per output (plane-combined) */
     const float *bsum;    /* [K/(4 kf)]: per chunk, the sub-groups' raw biases (-sum x) added in order,
                              for the zero-point term */
 } lut_row;
@@ -137,7 +137,9 @@ static inline float lut_reciprocal(float scale) {
     return (r - r == 0.0f) ? r : 0.0f; /* r - r is NaN for an infinity */
 }
 
-/* Row rr of a tile: its 8-row block is on bit-plane (rr/8) % bits; plane 0 carries the bias. */
-static inline int lut_plane0(int64_t rr, int bits) { return (rr / 8) % bits == 0; }
+/* 32-row blocks per super-block: the fewest whole blocks that hold whole outputs (all b bit-planes of each), so
+ * that the planes can be combined in integers before the float stage: 32*n rows = 32*n/b outputs.  One block
+ * for 1, 2 and 4 bits, three for 3 bits (bm is a multiple of 96 then). */
+static inline int64_t lut_super_blocks(int bits) { return bits == 3 ? 3 : 1; }
 
 #endif

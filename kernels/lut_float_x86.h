@@ -1,7 +1,7 @@
 /*
- * The float stage of the x86 LUT tile kernels (lut_avx2.c and lut_avx512.c), in 256-bit vectors: one
- * sub-group's integer sums scaled and biased, a chunk's sums times the weight scales (plus the zero points'
- * share), the bit-planes combined.  The operations and their order are reference.py's (mul, then add; never
+ * The float stage of the x86 LUT tile kernels (lut_avx2.c and lut_avx512.c), in 256-bit vectors: a
+ * super-block's bit-plane sums combined per output (in integers), one sub-group's combined sums scaled and
+ * biased, a chunk's sums times the weight scales (plus the zero points' share), the halving at the end.  The operations and their order are reference.py's (mul, then add; never
  * FMA): both paths use this one copy, so they give the scalar kernel's bits for the same reason.
  *
  * Not a stand-alone header: the includer first includes the intrinsics (immintrin.h, or SIMDe's emulation)
@@ -12,62 +12,83 @@
 
 #define LUT_FLOAT_INLINE static inline __attribute__((always_inline)) LUT_FLOAT_TARGET
 
-/* Where row block q (0..3) of 32-row block B lives: plane 0 or not, and the offset of its 8 scales.  With a
- * compile-time BITS of 1, 2 or 4 (4 divides 32/8), both follow from q alone, with no table look-up or branch
- * on data; otherwise from the precomputed info table. */
-#define PLANE0(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? ((q) % (BITS ? BITS : 1) == 0) : (bi[q] & 1))
-#define SOFF(q) ((BITS == 1 || BITS == 2 || BITS == 4) ? (B * (4 / (BITS ? BITS : 1)) + (q) / (BITS ? BITS : 1)) * blk \
-                                                        : (int64_t)(bi[q] >> 1))
+/* Super-blocks (lut_super_blocks): NB(BITS) 32-row blocks holding NOG(BITS) whole groups of 8 outputs.  BITS is a
+ * compile-time constant in every copy of the kernels, so these and the folds below resolve to registers. */
+#define NB(BITS) ((BITS) == 3 ? 3 : 1)
+#define NOG(BITS) (4 * NB(BITS) / (BITS))
 
-/* The float stage of both tile kernels, in the reference's order (mul, then add; no FMA), so that the GEMV
- * and the row block give the same bits.  bi, B, blk and BITS locate the block's planes and scales (PLANE0,
- * SOFF). */
-
-/* One sub-group's int16 sums (as floats) scaled by its table scale, plane 0 biased, added to acc. */
-LUT_FLOAT_INLINE void add_subgroup(const __m256 f[4], __m256 vs, float vbias, int64_t sub, const int32_t *bi,
-                              const int BITS, __m256 acc[4]) {
+/* Row group q (rows 8q..8q+7) of block bl of a super-block is row group g8 = 4*bl + q: bit-plane g8 % BITS of
+ * output group g8 / BITS.  One block's exact int32 sums (v[q]: rows 8q..8q+7) folded into the super-block's
+ * combined sums, comb[og] = sum_i 2^i * plane_i: exact, |comb| <= 15*128*actk. */
+LUT_FLOAT_INLINE void fold_int(const __m256i v[4], const int bl, const int BITS, __m256i comb[4]) {
     for (int q = 0; q < 4; ++q) {
-        __m256 v = _mm256_mul_ps(f[q], vs);
-        if (PLANE0(q)) v = _mm256_add_ps(v, _mm256_set1_ps(vbias));
-        acc[q] = sub ? _mm256_add_ps(acc[q], v) : v;
+        const int g8 = 4 * bl + q, plane = g8 % BITS, og = g8 / BITS;
+        comb[og] = plane ? _mm256_add_epi32(comb[og], _mm256_slli_epi32(v[q], plane)) : v[q];
     }
 }
 
-/* A chunk's accumulators into the block's 32 partial outputs cb: times the weight scales, plus the zero
- * offsets' share on plane 0 (vbsum: the chunk's table-bias sum). */
-LUT_FLOAT_INLINE void update_block(float *cb, const __m256 acc[4], const float *Sg, __m256 vbsum, int per_tensor, int zp,
-                              const int32_t *bi, int64_t B, int blk, const int BITS) {
+/* The same for float sums (float tables): c = plane 0, then c = c + 2^i * plane i in plane order. */
+LUT_FLOAT_INLINE void fold_float(const __m256 v[4], const int bl, const int BITS, __m256 comb[4]) {
+    for (int q = 0; q < 4; ++q) {
+        const int g8 = 4 * bl + q, plane = g8 % BITS, og = g8 / BITS;
+        comb[og] = plane ? _mm256_add_ps(comb[og], _mm256_mul_ps(_mm256_set1_ps((float)(1 << plane)), v[q])) : v[q];
+    }
+}
+
+/* One sub-group's combined sums (as floats) times its table scale, plus its bias, added to acc. */
+LUT_FLOAT_INLINE void add_subgroup(const __m256 f[4], const int nog, __m256 vs, __m256 vb, int64_t sub,
+                                   __m256 acc[4]) {
+    for (int o = 0; o < nog; ++o) {
+        const __m256 v = _mm256_add_ps(_mm256_mul_ps(f[o], vs), vb);
+        acc[o] = sub ? _mm256_add_ps(acc[o], v) : v;
+    }
+}
+
+/* A chunk's accumulators into the super-block's nog*8 partial outputs cb: times the weight scales (sq: the first
+ * output group's blk floats, 8 scales and then 8 zero offsets with zero points), plus the zero offsets' share
+ * (vbsum: the chunk's table-bias sum). */
+LUT_FLOAT_INLINE void update_outputs(float *cb, const __m256 acc[4], const int nog, const float *sq, __m256 vbsum,
+                                     int per_tensor, int zp, int blk) {
     const __m256 two = _mm256_set1_ps(2.0f);
-    for (int q = 0; q < 4; ++q) {
-        __m256 cv = _mm256_loadu_ps(cb + q * 8);
+    for (int o = 0; o < nog; ++o) {
+        __m256 cv = _mm256_loadu_ps(cb + o * 8);
         if (per_tensor) {
-            cv = _mm256_add_ps(cv, acc[q]);
+            cv = _mm256_add_ps(cv, acc[o]);
         } else {
-            const float *sq = Sg + SOFF(q);
-            cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[q], _mm256_loadu_ps(sq)));
-            if (zp && PLANE0(q))
-                cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + 8), vbsum)));
+            cv = _mm256_add_ps(cv, _mm256_mul_ps(acc[o], _mm256_loadu_ps(sq + o * blk)));
+            if (zp) cv = _mm256_add_ps(cv, _mm256_mul_ps(two, _mm256_mul_ps(_mm256_loadu_ps(sq + o * blk + 8), vbsum)));
         }
-        _mm256_storeu_ps(cb + q * 8, cv);
+        _mm256_storeu_ps(cb + o * 8, cv);
     }
 }
 
-/* y = sum_i alpha_i C[plane i] (alpha = 1/2, 1, 2, 4), times the per-tensor scale s0 where there is one. */
-LUT_FLOAT_INLINE void combine_planes(const float *C, float *y, int64_t P, int b, int per_tensor, float s0) {
-    for (int64_t ob = 0; ob < P / 8; ++ob) {
-        __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(C + ob * 8 * b));
-        for (int i = 1; i < b; ++i)
-            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps((float)(1 << (i - 1))), _mm256_loadu_ps(C + ob * 8 * b + i * 8)));
+/* y = C/2 (alpha_0), times the per-tensor scale s0 where there is one. */
+LUT_FLOAT_INLINE void finish_outputs(const float *C, float *y, int64_t P, int per_tensor, float s0) {
+    for (int64_t o = 0; o < P; o += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(C + o));
         if (per_tensor) v = _mm256_mul_ps(v, _mm256_set1_ps(s0));
-        _mm256_storeu_ps(y + ob * 8, v);
+        _mm256_storeu_ps(y + o, v);
     }
 }
 
-/* Per 8-row block of a tile: the offset of its 8 scales within a group's scales, times 2, plus 1 on bit-plane
- * 0 (what PLANE0 and SOFF read for bit widths other than 1, 2 and 4).  Precomputed so that no division is
- * left in the loops. */
-static inline void block_info(int32_t *info, int64_t bm, int b, int blk) {
-    for (int64_t ib = 0; ib < bm / 8; ++ib) info[ib] = (int32_t)((ib / b) * blk * 2 + (ib % b == 0));
+/* 2 and 4 bits: the kernels put the two bit-planes of each output side by side in the lookup vectors (a byte
+ * shuffle of the weight vector, see lut_avx2.c's sums_pair) and sum them with one pmaddubsw against 1,2.
+ * lo and hi: the int16 pair sums of the low and high nibbles, 8 outputs each; comb (int32): 2 bits, outputs 0-7
+ * and 8-15; 4 bits, outputs 0-7 (planes 0,1 plus 4 times planes 2,3). */
+#define PAIRED(BITS) ((BITS) == 2 || (BITS) == 4)
+LUT_FLOAT_INLINE void pair_sums_to_int32(__m128i lo, __m128i hi, const int BITS, __m256i comb[4]) {
+    const __m256i a = _mm256_cvtepi16_epi32(lo), b = _mm256_cvtepi16_epi32(hi);
+    if (BITS == 2) {
+        comb[0] = a;
+        comb[1] = b;
+    } else {
+        comb[0] = _mm256_add_epi32(a, _mm256_slli_epi32(b, 2));
+    }
+}
+
+/* int32 row sums of a super-block to floats. */
+LUT_FLOAT_INLINE void comb_to_floats(const __m256i comb[4], const int nog, __m256 f[4]) {
+    for (int o = 0; o < nog; ++o) f[o] = _mm256_cvtepi32_ps(comb[o]);
 }
 
 #endif

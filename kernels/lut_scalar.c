@@ -62,19 +62,20 @@ void lut_build_scalar(const float *x, int64_t k, int64_t ags, int64_t bias_group
     }
 }
 
-/* Sums of one sub-group (actk tables starting at table j0) for the 32 rows of block B.
- * wb points at the block's first table of the chunk; ks is the sub-group's first table in the chunk. */
+/* Sums of one sub-group (actk tables starting at table j0) for the 32 rows of block B, exact integers for int8
+ * tables (isum) or floats for float tables (fsum).  wb points at the block's first table of the chunk; ks is
+ * the sub-group's first table in the chunk. */
 static void sub_sums(const lut_problem *p, const uint8_t *wb, int64_t ks, int64_t j0, const void *table,
-                     float sums[32]) {
+                     int32_t isum[32], float fsum[32]) {
     const int64_t actk = p->actk;
     if (p->mode == LUT_FLOAT) {
         const float *t = (const float *)table + j0 * 16;
-        for (int r = 0; r < 32; ++r) sums[r] = 0.0f;
+        for (int r = 0; r < 32; ++r) fsum[r] = 0.0f;
         for (int64_t i = 0; i < actk; ++i) {
             const uint8_t *wv = wb + (ks + i) * 16;
             for (int l = 0; l < 16; ++l) {
-                sums[l] = sums[l] + t[i * 16 + (wv[l] & 15)];
-                sums[16 + l] = sums[16 + l] + t[i * 16 + (wv[l] >> 4)];
+                fsum[l] = fsum[l] + t[i * 16 + (wv[l] & 15)];
+                fsum[16 + l] = fsum[16 + l] + t[i * 16 + (wv[l] >> 4)];
             }
         }
         return;
@@ -94,62 +95,71 @@ static void sub_sums(const lut_problem *p, const uint8_t *wb, int64_t ks, int64_
         for (int64_t n = actk; n > 1; n /= 2)
             for (int64_t i = 0; i < n / 2; ++i)
                 for (int r = 0; r < 32; ++r) v[i][r] = (v[2 * i][r] + v[2 * i + 1][r] + 1) >> 1;
-        for (int r = 0; r < 32; ++r) sums[r] = (float)v[0][r];
+        for (int r = 0; r < 32; ++r) isum[r] = v[0][r];
         return;
     }
-    int32_t s[32] = {0};
+    for (int r = 0; r < 32; ++r) isum[r] = 0;
     for (int64_t i = 0; i < actk; ++i) {
         const uint8_t *wv = wb + (ks + i) * 16;
         for (int l = 0; l < 16; ++l) {
-            s[l] += t[i * 16 + (wv[l] & 15)];
-            s[16 + l] += t[i * 16 + (wv[l] >> 4)];
+            isum[l] += t[i * 16 + (wv[l] & 15)];
+            isum[16 + l] += t[i * 16 + (wv[l] >> 4)];
         }
     }
-    for (int r = 0; r < 32; ++r) sums[r] = (float)s[r];
 }
 
+/* Tile rows are visited in super-blocks of lut_super_blocks(b) 32-row blocks, which hold whole outputs (all
+ * their bit-planes): 32*nbl rows, 32*nbl/b outputs. */
 void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                      float *y) {
     const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, actk = p->actk;
     const int64_t nsub = kf / actk, P = bm / p->bits;
     const int b = p->bits, blk = p->zp ? 16 : 8; /* floats per 8 outputs: 8 scales (+ 8 zeros) */
-    for (int64_t rr = 0; rr < bm; ++rr) C[rr] = 0.0f;
+    const int64_t nbl = lut_super_blocks(b);
+    for (int64_t o = 0; o < P; ++o) C[o] = 0.0f;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const float *Sg = p->per_tensor ? S : S + (ko * 4 * kf / p->gs) * (P / 8) * blk;
         const float bsum = row->bsum[ko];
-        for (int64_t B = 0; B < nB; ++B) {
-            const uint8_t *wb = w + (ko * nB + B) * kf * 16;
-            float acc[32], sums[32];
-            for (int r = 0; r < 32; ++r) acc[r] = 0.0f;
+        for (int64_t B0 = 0; B0 < nB; B0 += nbl) {
+            const int64_t nrows = 32 * (nB - B0 < nbl ? nB - B0 : nbl), nout = nrows / b, o0 = B0 * 32 / b;
+            float acc[96];
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
                 const float vs = row->sgscale[sg], vb = row->vbias[sg];
-                sub_sums(p, wb, sub * actk, sg * actk, row->table, sums);
-                for (int r = 0; r < 32; ++r) {
-                    float v = sums[r] * vs;
-                    if (lut_plane0(B * 32 + r, b)) v = v + vb;
-                    acc[r] = acc[r] + v;
+                int32_t isum[96];
+                float fsum[96];
+                for (int64_t B = B0; B < B0 + nrows / 32; ++B)
+                    sub_sums(p, w + (ko * nB + B) * kf * 16, sub * actk, sg * actk, row->table, isum + 32 * (B - B0),
+                             fsum + 32 * (B - B0));
+                for (int64_t o = 0; o < nout; ++o) {
+                    const int64_t r0 = (o / 8) * 8 * b + o % 8; /* plane 0's row; plane i is 8*i further */
+                    float comb;
+                    if (p->mode == LUT_FLOAT) {
+                        comb = fsum[r0];
+                        for (int i = 1; i < b; ++i) comb = comb + (float)(1 << i) * fsum[r0 + 8 * i];
+                    } else {
+                        int32_t c = isum[r0];
+                        for (int i = 1; i < b; ++i) c += isum[r0 + 8 * i] * (1 << i);
+                        comb = (float)c;
+                    }
+                    const float v = comb * vs + vb;
+                    acc[o] = sub ? acc[o] + v : v;
                 }
             }
-            for (int r = 0; r < 32; ++r) {
-                const int64_t rr = B * 32 + r, ib = rr / 8, e = rr % 8;
+            for (int64_t o = 0; o < nout; ++o) {
+                float *c = C + o0 + o;
                 if (p->per_tensor) {
-                    C[rr] = C[rr] + acc[r];
+                    *c = *c + acc[o];
                     continue;
                 }
-                C[rr] = C[rr] + acc[r] * Sg[(ib / b) * blk + e];
-                if (p->zp && ib % b == 0) C[rr] = C[rr] + 2.0f * (Sg[(ib / b) * 16 + 8 + e] * bsum);
+                const int64_t ob = (o0 + o) / 8, e = (o0 + o) % 8;
+                *c = *c + acc[o] * Sg[ob * blk + e];
+                if (p->zp) *c = *c + 2.0f * (Sg[ob * blk + 8 + e] * bsum);
             }
         }
     }
-    /* y = sum_i alpha_i C[plane i], alpha = 1/2, 1, 2, 4 (exact powers of two) */
-    for (int64_t ob = 0; ob < P / 8; ++ob)
-        for (int e = 0; e < 8; ++e) {
-            float v = 0.5f * C[ob * 8 * b + e];
-            for (int i = 1; i < b; ++i) v = v + (float)(1 << (i - 1)) * C[ob * 8 * b + i * 8 + e];
-            if (p->per_tensor) v = v * S[0];
-            y[ob * 8 + e] = v;
-        }
+    /* y = C/2 (alpha_0), times a per-tensor scale last */
+    for (int64_t o = 0; o < P; ++o) y[o] = p->per_tensor ? (0.5f * C[o]) * S[0] : 0.5f * C[o];
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ equals this one bit for bit (the tests assert equality).
 Algebra (4.1): each weight bit is read as ``sigma = 2·beta − 1``; ``w − 2^(b−1) = sum_i alpha_i sigma_i − 1/2``
 with ``alpha = [1/2, 1, 2, 4]``.  For one activation row, per LUT group ``j`` of 4 activations,
 ``LUT_j[c] = sum_t (2·bit_t(c) − 1)·x[4j+t]``; the kernel sums ``LUT_j[code]`` over the bit-row's codes
-and the final ``y[m0] = sum_i alpha_i·C[row(m0, i)]``.
+and ``y[m0] = sum_i alpha_i·(that sum for bit-row (m0, i))``.
 
 Order of operations (float32 throughout unless said otherwise):
 
@@ -16,13 +16,18 @@ Order of operations (float32 throughout unless said otherwise):
    ``((|x0|+|x1|)+|x2|)+|x3|``, ``scale = amax/127``, ``q = clip(rint(LUT·(1/scale)), −128, 127)``
    (reciprocal 0 when it is not finite; rint rounds half to even), ``bias = sum_j LUT_j[0]`` added in
    table order starting from 0 (``= −sum x``).  ``lut="float"`` keeps the float entries, scale 1.
-2. Per kfactor chunk and act sub-group of ``actk`` tables: an exact integer sum of the int8 entries
-   (int16 in the kernels) — or a float sum in table order for the float LUT, or the rounding-halving
-   tree of fast aggregation — then ``val = float(sum)·scale``, ``val = val + bias`` on bit-plane-0 rows;
-   the chunk's ``acc`` adds the sub-groups' ``val`` in order, ``bsum`` their raw biases.
-3. ``C = C + acc·s`` with the row's group scale (``C = C + acc`` for a per-tensor scale), then on
-   bit-plane-0 rows with zero points ``C = C + 2·(z'·bsum)``; chunks in K order, C starting at 0.
-4. ``y = 0.5·C_0``, then ``y = y + alpha_i·C_i`` for i = 1..b−1; a per-tensor scale multiplies last.
+2. Per kfactor chunk and act sub-group of ``actk`` tables: an exact integer sum of the int8 entries per
+   bit-row (int16 in the kernels) — or a float sum in table order for the float LUT, or the rounding-halving
+   tree of fast aggregation.  The bit-planes of each output are then combined before any float operation:
+   ``comb = sum_i 2^i·S_i`` exactly in integers (for the float LUT in float32, ``c = S_0``, then
+   ``c = c + 2^i·S_i`` for i = 1..b−1).  ``val = float(comb)·scale + bias`` per output; the chunk's ``acc``
+   adds the sub-groups' ``val`` in order, ``bsum`` their raw biases.
+3. ``C = C + acc·s`` with the output's group scale (``C = C + acc`` for a per-tensor scale), then with zero
+   points ``C = C + 2·(z'·bsum)``; chunks in K order, C starting at 0.
+4. ``y = 0.5·C`` (the ``1/2`` of ``alpha``), then a per-tensor scale multiplies last.
+
+Combining the planes in integers is what makes the float stage per output rather than per bit-row: it runs
+``b`` times less often than it would per plane, and ``comb`` stays exact (|comb| <= (2^b − 1)·128·actk).
 """
 
 from __future__ import annotations
@@ -84,7 +89,10 @@ def build_lut(x: np.ndarray, ags: int, bias_group: int, lut: str = "int8") -> tu
 
 
 def _sub_group_values(vals: np.ndarray, p: Problem, lut: str, fast_aggregation: bool) -> np.ndarray:
-    """Lookups ``[n, KO, kfactor, bm]`` -> float32 sub-group sums ``[n, KO, nsub, bm]`` before scaling."""
+    """Lookups ``[n, KO, kfactor, bm]`` -> sub-group sums ``[n, KO, nsub, bm]`` per bit-row, before scaling.
+
+    int64 for int8 tables (exact sums, or the fast-aggregation tree's values), float32 for float tables.
+    """
     n, ko, kf, bm = vals.shape
     v = vals.reshape(n, ko, kf // p.actk, p.actk, bm)
     if lut == "float":
@@ -93,8 +101,27 @@ def _sub_group_values(vals: np.ndarray, p: Problem, lut: str, fast_aggregation: 
         t = v.astype(np.int16)
         while t.shape[3] > 1:  # one level of the tree per pass: log2(actk) passes
             t = (t[:, :, :, 0::2] + t[:, :, :, 1::2] + 1) >> 1
-        return t[:, :, :, 0].astype(F32)
-    return v.sum(axis=3, dtype=np.int32).astype(F32)  # exact; |sum| <= actk·128 fits int16
+        return t[:, :, :, 0].astype(np.int64)
+    return v.sum(axis=3, dtype=np.int64)  # exact; |sum| <= actk·128 fits int16
+
+
+def _combine_planes(sums: np.ndarray, bits: int) -> np.ndarray:
+    """Bit-row sums ``[..., bm]`` -> per-output ``comb = sum_i 2^i·S_i`` as float32 ``[..., bm/bits]``.
+
+    Tile row ``ob·8b + 8i + e`` is plane ``i`` of output ``ob·8 + e``.  Integer sums are combined exactly and
+    converted once; float sums are combined in float32 in plane order.
+    """
+    lead, bm = sums.shape[:-1], sums.shape[-1]
+    planes = sums.reshape(*lead, bm // (8 * bits), bits, 8)
+    if sums.dtype == np.int64:
+        comb = planes[..., 0, :].copy()
+        for i in range(1, bits):
+            comb += planes[..., i, :] << i
+        return comb.reshape(*lead, bm // bits).astype(F32)
+    comb = planes[..., 0, :]
+    for i in range(1, bits):
+        comb = comb + F32(1 << i) * planes[..., i, :]
+    return comb.reshape(*lead, bm // bits)
 
 
 def gemm(weights: np.ndarray, scales: np.ndarray, x: np.ndarray, p: Problem, *, lut: str = "int8",
@@ -141,9 +168,6 @@ def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: st
     for s in range(1, nsub):
         bsum = bsum + zb[:, :, s]                                                   # [n, KO]
 
-    rr = np.arange(bm)
-    plane0 = (rr // 8) % b == 0                                                     # bias rows
-    out_of_row = (rr // (8 * b)) * 8 + rr % 8                                      # output within the tile
     # Table index of every (chunk, ki): the flat table offset j·16 that a code is added to.
     j16 = (np.arange(ko_n)[:, None, None] * kf + np.arange(kf)[None, :, None]) * 16   # [KO, kf, 1]
     grp = np.arange(ko_n) * 4 * kf // p.group_size                                  # [KO]
@@ -162,34 +186,29 @@ def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: st
         else:
             s_g, z_g = st.reshape(p.groups, pt), None
         w_tile = weights[t * tile_bytes:(t + 1) * tile_bytes].reshape(ko_n, nb, kf, 16)
-        c = np.zeros((n, bm), dtype=F32)
+        c = np.zeros((n, pt), dtype=F32)
         for k0 in range(0, ko_n, ko_step):
             k1 = min(ko_n, k0 + ko_step)
             w = w_tile[k0:k1]
             code = np.stack([w & 15, w >> 4], axis=3).transpose(0, 2, 1, 3, 4).reshape(k1 - k0, kf, bm)  # 32B+16h+l
             vals = flat_table[:, j16[k0:k1] + code]                                 # [n, chunks, kf, bm]
-            sums = _sub_group_values(vals, p, lut, fast_aggregation)                # [n, chunks, nsub, bm]
-            val = sums * vs[:, k0:k1]
-            val = np.where(plane0, val + vb[:, k0:k1], val)
+            comb = _combine_planes(_sub_group_values(vals, p, lut, fast_aggregation), b)  # [n, chunks, nsub, pt]
+            val = comb * vs[:, k0:k1] + vb[:, k0:k1]
             acc = val[:, :, 0]
             for s in range(1, nsub):
-                acc = acc + val[:, :, s]                                            # [n, chunks, bm]
+                acc = acc + val[:, :, s]                                            # [n, chunks, pt]
             if p.per_tensor:
                 steps = acc
             else:
                 g = grp[k0:k1]
-                steps = acc * s_g[g][:, out_of_row]
+                steps = acc * s_g[g]
                 if z_g is not None:
-                    zc = F32(2) * (z_g[g][:, out_of_row] * bsum[:, k0:k1, None])
-                    zc = np.where(plane0, zc, F32(0))
-                    steps = np.stack([steps, zc], axis=2).reshape(n, 2 * (k1 - k0), bm)  # C += acc·s, then zc
+                    zc = F32(2) * (z_g[g] * bsum[:, k0:k1, None])
+                    steps = np.stack([steps, zc], axis=2).reshape(n, 2 * (k1 - k0), pt)  # C += acc·s, then zc
             # chunks in K order, continuing from the previous pass's C
             c = np.add.accumulate(np.concatenate([c[:, None], steps], axis=1), axis=1)[:, -1]
-        cr = c.reshape(n, pt // 8, b, 8)
-        yt = F32(0.5) * cr[:, :, 0]
-        for i in range(1, b):
-            yt = yt + F32(1 << (i - 1)) * cr[:, :, i]
+        yt = F32(0.5) * c
         if p.per_tensor:
             yt = yt * scales[0]
-        y[:, t * pt:(t + 1) * pt] = yt.reshape(n, pt)
+        y[:, t * pt:(t + 1) * pt] = yt
     return y
