@@ -94,6 +94,49 @@ def test_reference_meets_the_bars_on_random_layouts(layout, seed):
     assert nmse(run_ref(case, x, act_group_size=ags, lut="int8"), ref) < 3e-4
 
 
+def _spec_output(codes, s, z, x, bits, gs, kfactor, ags):
+    """The int8 kernel's result written per output from the source codes, in reference.py's order of operations:
+    per act sub-group the exact integer sums S_i of each bit-plane's lookups, combined as sum_i 2^i S_i before any
+    float operation; then (float32) times the table scale plus the bias, summed over the chunk's sub-groups,
+    C += acc*s (then C += 2*(z'*bsum)) per chunk in K order, and y = C/2."""
+    f32 = np.float32
+    m0, k = codes.shape
+    actk = min(ags // 4, kfactor)
+    table, lscale, lbias = reference.build_lut(x, ags, 4 * actk)
+    w4 = codes.reshape(m0, k // 4, 4).astype(np.int64)
+    idx = [sum(((w4[:, :, t] >> i) & 1) << t for t in range(4)) for i in range(bits)]  # [M0, K/4] per plane
+    y = np.empty((x.shape[0], m0), dtype=f32)
+    for n in range(x.shape[0]):
+        c = np.zeros(m0, dtype=f32)
+        for ko in range(k // (4 * kfactor)):
+            acc, bsum = None, None
+            for sub in range(kfactor // actk):
+                j = np.arange(ko * kfactor + sub * actk, ko * kfactor + (sub + 1) * actk)
+                planes = [table[n, j, idx[i][:, j]].astype(np.int64).sum(axis=1) for i in range(bits)]
+                comb = sum(planes[i] << i for i in range(bits))
+                val = comb.astype(f32) * lscale[n, 4 * j[0] // ags] + lbias[n, j[0] // actk]
+                acc = val if acc is None else acc + val
+                bsum = lbias[n, j[0] // actk] if bsum is None else bsum + lbias[n, j[0] // actk]
+            g = 4 * ko * kfactor // gs
+            c = c + acc * s[:, g]
+            if z is not None:
+                c = c + f32(2) * (z[:, g] * bsum)
+        y[n] = f32(0.5) * c
+    return y
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("zp", [False, True])
+def test_int8_output_is_the_float_stage_of_each_outputs_planes_combined_in_integers(bits, zp):
+    rng = np.random.default_rng(10 * bits + zp)
+    m0, k, gs, kfactor, ags = 32, 256, 64, 16, 32  # two act sub-groups per chunk
+    case = make_case(rng, bits, m0, k, 32 * bits, kfactor, gs, zp, False)
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    z = None if case.qt.zeros is None else np.asarray(case.qt.zeros, dtype=np.float32)
+    want = _spec_output(case.qt.codes, np.asarray(case.qt.scales, dtype=np.float32), z, x, bits, gs, kfactor, ags)
+    assert np.array_equal(run_ref(case, x, act_group_size=ags, lut="int8"), want)
+
+
 @pytest.mark.parametrize("ags", [64, -1])
 def test_ternary_per_tensor_weights_meet_the_int8_bar(ags):
     rng = np.random.default_rng(3)
