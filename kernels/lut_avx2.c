@@ -265,9 +265,9 @@ INLINE_FWD AVX2 void sums_float(const uint8_t *wv, const float *tv, int64_t n, _
 enum { AGG_INT16 = 0, AGG_FAST = 1, AGG_FLOAT = 2 }; /* int8 tables summed in int16; -fa tree; float tables */
 
 INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
-                             float *y, const int64_t ACTK, const int agg, const int BITS) {
+                             float *y, const int64_t ACTK, const int64_t KF, const int agg, const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
+    const int64_t bm = p->bm, kf = KF ? KF : p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
     const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const int8_t *table = (const int8_t *)row->table;
     const float *ftable = (const float *)row->table;
@@ -327,32 +327,17 @@ INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float
     finish_outputs(C, y, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
 
-/* Every copy takes its bit width as a constant (the plane folds then stay in registers). */
-#define BY_BITS(CALL) switch (p->bits) { \
-    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; default: CALL(4); break; }
-
 AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                         float *y) {
-#define FLOAT_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_FLOAT, B)
-#define FAST_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_FAST, B)
+#define FLOAT_TILE(A, F, B) tile_kernel(p, w, S, row, C, y, A, F, AGG_FLOAT, B)
+#define FAST_TILE(A, F, B) tile_kernel(p, w, S, row, C, y, A, F, AGG_FAST, B)
+#define INT_TILE(A, F, B) tile_kernel(p, w, S, row, C, y, A, F, AGG_INT16, B)
     if (p->mode == LUT_FLOAT) {
-        BY_BITS(FLOAT_TILE)
-        return;
-    }
-    if (p->fa) {
-        BY_BITS(FAST_TILE)
-        return;
-    }
-    /* the sub-group sizes T-MAC's configurations use (ags 32/64, kfactor 8/16/32) */
-#define INT_TILE8(B) tile_kernel(p, w, S, row, C, y, 8, AGG_INT16, B)
-#define INT_TILE16(B) tile_kernel(p, w, S, row, C, y, 16, AGG_INT16, B)
-#define INT_TILE32(B) tile_kernel(p, w, S, row, C, y, 32, AGG_INT16, B)
-#define INT_TILE(B) tile_kernel(p, w, S, row, C, y, 0, AGG_INT16, B)
-    switch (p->actk) {
-    case 8: BY_BITS(INT_TILE8) break;
-    case 16: BY_BITS(INT_TILE16) break;
-    case 32: BY_BITS(INT_TILE32) break;
-    default: BY_BITS(INT_TILE) break;
+        LUT_BY_BITS(FLOAT_TILE, 0, 0)
+    } else if (p->fa) {
+        LUT_BY_BITS(FAST_TILE, 0, 0)
+    } else {
+        LUT_BY_SHAPE(INT_TILE)
     }
 }
 
@@ -421,8 +406,9 @@ INLINE_FWD AVX2 void sums_pair_bcast(const __m256i *idx, const int8_t *const *t,
 
 /* R rows (rows[0..R-1]) of a row block through one chunk and super-block: sums, float stage, partial outputs. */
 INLINE AVX2 void rows_step(const lut_problem *p, const __m256i *idx, const lut_row *rows, const int R, int64_t ko,
-                           int64_t o0, float *C, int64_t P, const float *Sg, const int64_t actk, const int BITS) {
-    const int64_t kf = p->kf, nsub = kf / actk;
+                           int64_t o0, float *C, int64_t P, const float *Sg, const int64_t actk, const int64_t kf,
+                           const int BITS) {
+    const int64_t nsub = kf / actk;
     const int blk = p->zp ? 16 : 8;
     const int8_t *tk[4];
     for (int r = 0; r < R; ++r) tk[r] = (const int8_t *)rows[r].table + ko * kf * 16;
@@ -454,9 +440,10 @@ INLINE AVX2 void rows_step(const lut_problem *p, const __m256i *idx, const lut_r
 }
 
 INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
-                                int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
+                                int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int64_t KF,
+                                const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, P = bm / BITS;
+    const int64_t bm = p->bm, kf = KF ? KF : p->kf, KO = p->k / (4 * kf), nB = bm / 32, P = bm / BITS;
     const int blk = p->zp ? 16 : 8, per_tensor = p->per_tensor;
     const __m256i m4 = _mm256_set1_epi8(0x0F), perm = PAIR_PERM();
     __m256i idx[NB(BITS) * ROWS_MAX_KF];
@@ -479,9 +466,9 @@ INLINE AVX2 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const fl
             int64_t r = 0;
             if (PAIRED(BITS))
                 for (; r + ROWS_PAIRED <= nrows; r += ROWS_PAIRED)
-                    rows_step(p, idx, rows + r, ROWS_PAIRED, ko, o0, C + r * P, P, Sg, actk, BITS);
-            for (; r + 2 <= nrows; r += 2) rows_step(p, idx, rows + r, 2, ko, o0, C + r * P, P, Sg, actk, BITS);
-            if (r < nrows) rows_step(p, idx, rows + r, 1, ko, o0, C + r * P, P, Sg, actk, BITS);
+                    rows_step(p, idx, rows + r, ROWS_PAIRED, ko, o0, C + r * P, P, Sg, actk, kf, BITS);
+            for (; r + 2 <= nrows; r += 2) rows_step(p, idx, rows + r, 2, ko, o0, C + r * P, P, Sg, actk, kf, BITS);
+            if (r < nrows) rows_step(p, idx, rows + r, 1, ko, o0, C + r * P, P, Sg, actk, kf, BITS);
         }
         if (--left == 0) {
             Sg += group_stride;
@@ -498,16 +485,8 @@ AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float
         for (int64_t r = 0; r < nrows; ++r) lut_tile_avx2(p, w, S, rows + r, C, y + r * ldy);
         return;
     }
-#define ROWS8(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 8, B)
-#define ROWS16(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 16, B)
-#define ROWS32(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 32, B)
-#define ROWS(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 0, B)
-    switch (p->actk) {
-    case 8: BY_BITS(ROWS8) break;
-    case 16: BY_BITS(ROWS16) break;
-    case 32: BY_BITS(ROWS32) break;
-    default: BY_BITS(ROWS) break;
-    }
+#define ROWS(A, F, B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, F, B)
+    LUT_BY_SHAPE(ROWS)
 }
 
 /* ---------------------------------------------------------------------------------------------

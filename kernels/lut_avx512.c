@@ -191,9 +191,10 @@ INLINE AVX512 void sums_split_pair(const __m512i *lo, const __m512i *hi, const i
  * in the specialised copies below (0: read them from p). */
 
 INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
-                               float *y, const int64_t ACTK, const int BITS) {
+                               float *y, const int64_t ACTK, const int64_t KF,
+                               const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
+    const int64_t bm = p->bm, kf = KF ? KF : p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
     const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const int8_t *table = (const int8_t *)row->table;
     const int64_t group_stride = (P / 8) * blk, chunks_per_group = per_tensor ? KO : p->gs / (4 * kf);
@@ -241,26 +242,14 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
     finish_outputs(C, y, P, per_tensor, per_tensor ? S[0] : 0.0f);
 }
 
-/* Every copy takes its bit width as a constant (the plane folds then stay in registers). */
-#define BY_BITS(CALL) switch (p->bits) { \
-    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; default: CALL(4); break; }
-
 AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *row, float *C,
                             float *y) {
     if (p->mode != LUT_INT8 || p->fa) {
         FALLBACK(lut_tile)(p, w, S, row, C, y);
         return;
     }
-#define TILE8(B) tile_kernel(p, w, S, row, C, y, 8, B)
-#define TILE16(B) tile_kernel(p, w, S, row, C, y, 16, B)
-#define TILE32(B) tile_kernel(p, w, S, row, C, y, 32, B)
-#define TILE(B) tile_kernel(p, w, S, row, C, y, 0, B)
-    switch (p->actk) {
-    case 8: BY_BITS(TILE8) break;
-    case 16: BY_BITS(TILE16) break;
-    case 32: BY_BITS(TILE32) break;
-    default: BY_BITS(TILE) break;
-    }
+#define TILE(A, F, B) tile_kernel(p, w, S, row, C, y, A, F, B)
+    LUT_BY_SHAPE(TILE)
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -271,9 +260,10 @@ AVX512 void lut_tile_avx512(const lut_problem *p, const uint8_t *w, const float 
 #define ROWS_MAX_KF 32 /* split vectors per block: nsub * ceil(actk/4) <= kf */
 
 INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const float *S, const lut_row *rows,
-                                  int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int BITS) {
+                                  int64_t nrows, float *C, float *y, int64_t ldy, const int64_t ACTK, const int64_t KF,
+                                  const int BITS) {
     const int64_t actk = ACTK ? ACTK : p->actk;
-    const int64_t bm = p->bm, kf = p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
+    const int64_t bm = p->bm, kf = KF ? KF : p->kf, KO = p->k / (4 * kf), nB = bm / 32, nsub = kf / actk, P = bm / BITS;
     const int64_t nv = (actk + 3) / 4; /* split vectors per sub-group */
     const int blk = p->zp ? 16 : 8, zp = p->zp, per_tensor = p->per_tensor;
     const __m512i m4 = _mm512_set1_epi8(0x0F), perm = pair_perm();
@@ -341,16 +331,8 @@ AVX512 void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const f
         for (int64_t r = 0; r < nrows; ++r) lut_tile_avx512(p, w, S, rows + r, C, y + r * ldy);
         return;
     }
-#define ROWS8(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 8, B)
-#define ROWS16(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 16, B)
-#define ROWS32(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 32, B)
-#define ROWS(B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, 0, B)
-    switch (p->actk) {
-    case 8: BY_BITS(ROWS8) break;
-    case 16: BY_BITS(ROWS16) break;
-    case 32: BY_BITS(ROWS32) break;
-    default: BY_BITS(ROWS) break;
-    }
+#define ROWS(A, F, B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, F, B)
+    LUT_BY_SHAPE(ROWS)
 }
 
 #endif /* TMAC_HAVE_AVX512 */

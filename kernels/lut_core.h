@@ -142,4 +142,20 @@ static inline float lut_reciprocal(float scale) {
  * for 1, 2 and 4 bits, three for 3 bits (bm is a multiple of 96 then). */
 static inline int64_t lut_super_blocks(int bits) { return bits == 3 ? 3 : 1; }
 
+/* Dispatch to a kernel copy whose bit width, act sub-group size (tables) and kfactor are compile-time constants:
+ * CALL(ACTK, KF, BITS), with ACTK = KF = 0 for shapes outside T-MAC's configurations (act sub-groups and chunks of
+ * 8, 16 or 32 tables), whose copies read them from p.  Constant bits keep the plane folds in registers; constant
+ * sub-group and chunk sizes let a chunk's sub-groups unroll, so that one sub-group's float stage overlaps the next
+ * one's lookups (measured on the EPYC, C harness, 4096x1024 GEMV, kfactor 32: 1.07-1.14x). */
+#define LUT_BY_BITS(CALL, A, F) switch (p->bits) { \
+    case 1: CALL(A, F, 1); break; case 2: CALL(A, F, 2); break; case 3: CALL(A, F, 3); break; default: CALL(A, F, 4); break; }
+#define LUT_BY_SHAPE(CALL) \
+    if (p->actk == 8 && p->kf == 8) LUT_BY_BITS(CALL, 8, 8) \
+    else if (p->actk == 8 && p->kf == 16) LUT_BY_BITS(CALL, 8, 16) \
+    else if (p->actk == 8 && p->kf == 32) LUT_BY_BITS(CALL, 8, 32) \
+    else if (p->actk == 16 && p->kf == 16) LUT_BY_BITS(CALL, 16, 16) \
+    else if (p->actk == 16 && p->kf == 32) LUT_BY_BITS(CALL, 16, 32) \
+    else if (p->actk == 32 && p->kf == 32) LUT_BY_BITS(CALL, 32, 32) \
+    else LUT_BY_BITS(CALL, 0, 0)
+
 #endif
