@@ -343,10 +343,10 @@ AVX2 void lut_tile_avx2(const lut_problem *p, const uint8_t *w, const float *S, 
 
 /* ---------------------------------------------------------------------------------------------
  * Row block (GEMM): per chunk and 32-row block, the block's weight vectors are split into their low and
- * high nibbles once, then every row of the block looks its tables up with them.  The weight bytes are
- * read once per row block instead of once per row, and the nibble extraction (3 of the 13 vector
- * operations per table pair) is shared.  Each row's integer sums and float operations are those of
- * tile_kernel, in the same order, so the outputs are the same bits. */
+ * high nibbles once (at 2 and 4 bits after the plane-pair shuffle), then every row of the block looks its
+ * tables up with them.  The weight bytes are read once per row block instead of once per row, and the
+ * shuffle and nibble extraction are shared.  Each row's integer sums are exact and its float operations are
+ * those of tile_kernel, in the same order, so the outputs are the same bits. */
 
 /* Row sums of one sub-group for R activation rows from pre-split indices: idx[i] holds table i's low nibbles
  * (rows 0..15) in the low lane and its high nibbles (rows 16..31) in the high lane, so one lookup in table i

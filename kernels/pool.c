@@ -5,10 +5,12 @@
  * bumps the generation of each participating worker only (idle workers beyond nt are not woken) and
  * signals it.  A worker that has finished its range spins on its counter for a while before it sleeps.
  * How long adapts to the calls: run() measures each worker's idle time (from the end of its last range to
- * the new job) and keeps a decaying maximum of it; the worker spins up to twice that estimate when the estimate
- * is short (back-to-back calls: a decode loop, a benchmark), and only briefly when calls are far apart (a
- * conversion, which calls the pool between other work), so an idle pool does not burn a shared machine's
- * cores.  Why it matters: waking a sleeping thread costs tens to hundreds of microseconds on a virtual
+ * the new job) and keeps the longer of its last two idles as the estimate (a kernel call runs the pool twice,
+ * tables then tiles, with a short idle in between and a longer one until the next call, and the spin must cover
+ * the longer one); the worker spins up to twice that estimate when the estimate is short (back-to-back calls: a
+ * decode loop, a benchmark), and only briefly when calls are far apart (a conversion, which calls the pool
+ * between other work), so an idle pool does not burn a shared machine's cores.  After a pause the second call
+ * finds the workers spinning again.  Why it matters: waking a sleeping thread costs tens to hundreds of microseconds on a virtual
  * machine, as much as a whole GEMV (measured on the EPYC VM, 4096x14336 2-bit: 2 threads were no faster
  * than 1 with a fixed 4000-pause spin, 1.7x faster with spinning through the gaps).
  * Completion is one atomic counter; the caller spins on it for at most SPIN_MAX_NS, then sleeps on a
@@ -101,6 +103,7 @@ typedef struct {
     int64_t begin, end;
     _Atomic uint64_t finished; /* now_ns() when this worker last finished a range (0: never) */
     _Atomic uint64_t idle_est; /* estimated time from a range's end to the next job, ns (run() keeps it) */
+    _Atomic uint64_t idle_last; /* the last idle run() measured, ns */
     pthread_cond_t cv;
     pthread_t th;
 } worker;
@@ -184,6 +187,7 @@ static void grow_workers(int want) {
         atomic_store(&w->gen, 0);
         atomic_store(&w->finished, 0);
         atomic_store(&w->idle_est, 0);
+        atomic_store(&w->idle_last, 0);
         pthread_cond_init(&w->cv, NULL);
         if (pthread_create(&w->th, NULL, worker_main, w) != 0) break;
         pthread_detach(w->th);
@@ -225,17 +229,14 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
     const uint64_t start = now_ns();
     for (int i = 0; i < helpers; ++i) {
         worker *w = &P.w[i];
-        /* the worker's idle time, as a decaying maximum: a kernel call may run the pool twice (tables, then
-         * tiles) with a short idle in between and a longer one until the next call, and the spin must cover
-         * the longer one.  The estimate comes down a quarter of the way towards a shorter idle, and an idle
-         * counts as at most 4 ms (all "long"), so after other work the pool is back to spinning within about
-         * four calls. */
+        /* the worker's idle estimate: the longer of its last two idles (see the top of this file).  A decaying
+         * maximum, tried before, kept a pause of milliseconds in the estimate for about five calls, each of
+         * which then paid a wake-up (tens to hundreds of microseconds on a VM). */
         const uint64_t fin = atomic_load(&w->finished);
         if (fin) {
-            uint64_t idle = start > fin ? start - fin : 0;
-            if (idle > 4 * SPIN_MAX_NS) idle = 4 * SPIN_MAX_NS;
-            const uint64_t est = atomic_load(&w->idle_est);
-            atomic_store(&w->idle_est, idle > est ? idle : est - (est - idle) / 4);
+            const uint64_t idle = start > fin ? start - fin : 0, last = atomic_load(&w->idle_last);
+            atomic_store(&w->idle_last, idle);
+            atomic_store(&w->idle_est, idle > last ? idle : last);
         }
         w->begin = n * (i + 1) / nt;
         w->end = n * (i + 2) / nt;
