@@ -488,7 +488,7 @@ AVX2 void lut_tile_rows_avx2(const lut_problem *p, const uint8_t *w, const float
         return;
     }
 #define ROWS(A, F, B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, F, B)
-    LUT_BY_SHAPE(ROWS)
+    LUT_BY_ACTK(ROWS)
 }
 
 /* ---------------------------------------------------------------------------------------------

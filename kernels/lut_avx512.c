@@ -334,7 +334,7 @@ AVX512 void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const f
         return;
     }
 #define ROWS(A, F, B) tile_rows_int8(p, w, S, rows, nrows, C, y, ldy, A, F, B)
-    LUT_BY_SHAPE(ROWS)
+    LUT_BY_ACTK(ROWS)
 }
 
 #endif /* TMAC_HAVE_AVX512 */
