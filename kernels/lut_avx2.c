@@ -165,9 +165,10 @@ INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, _
         s2 = _mm256_add_epi16(s2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(b0, b1)));
         s3 = _mm256_add_epi16(s3, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(b0, b1)));
     }
-    const __m256i s[4] = {s0, s1, s2, s3};
-    for (int q = 0; q < 4; ++q)
-        f[q] = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(s[q]), _mm256_extracti128_si256(s[q], 1)));
+    f[0] = _mm256_cvtepi16_epi32(add_lanes_epi16(s0));
+    f[1] = _mm256_cvtepi16_epi32(add_lanes_epi16(s1));
+    f[2] = _mm256_cvtepi16_epi32(add_lanes_epi16(s2));
+    f[3] = _mm256_cvtepi16_epi32(add_lanes_epi16(s3));
 }
 
 /* 2 and 4 bits: the two bit-planes of an output in adjacent bytes, combined by one pmaddubsw against 1,2.
@@ -203,8 +204,7 @@ INLINE_FWD AVX2 void sums_pair(const uint8_t *wv, const int8_t *tv, int64_t n, c
         b16 = _mm256_add_epi16(b16, _mm256_maddubs_epi16(c12, b));
     }
     /* tables j (low lane) and j + 1 (high lane) added */
-    pair_sums_to_int32(_mm_add_epi16(_mm256_castsi256_si128(a16), _mm256_extracti128_si256(a16, 1)),
-                       _mm_add_epi16(_mm256_castsi256_si128(b16), _mm256_extracti128_si256(b16, 1)), BITS, comb);
+    pair_sums_to_int32(add_lanes_epi16(a16), add_lanes_epi16(b16), BITS, comb);
 }
 
 /* Fast aggregation: the same lookups reduced by a tree of rounding-halving averages.  The first level
@@ -301,17 +301,17 @@ INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float
                     }
                 } else {
                     __m256i comb[4];
-                    for (int bl = 0; bl < NB(BITS); ++bl) {
-                        __m256i v[4];
-                        if (agg == AGG_INT16 && PAIRED(BITS)) { /* NB is 1: the comb of the block */
-                            sums_pair(wb + sub * actk * 16, tk + sub * actk * 16, actk, BITS, comb);
-                            break;
+                    if (agg == AGG_INT16 && PAIRED(BITS)) { /* NB is 1: the block's combined sums directly */
+                        sums_pair(wb + sub * actk * 16, tk + sub * actk * 16, actk, BITS, comb);
+                    } else {
+                        for (int bl = 0; bl < NB(BITS); ++bl) {
+                            __m256i v[4];
+                            if (agg == AGG_FAST)
+                                sums_fa(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
+                            else
+                                sums_int8(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
+                            fold_int(v, bl, BITS, comb);
                         }
-                        if (agg == AGG_FAST)
-                            sums_fa(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
-                        else
-                            sums_int8(wb + (bl * kf + sub * actk) * 16, tk + sub * actk * 16, actk, v);
-                        fold_int(v, bl, BITS, comb);
                     }
                     comb_to_floats(comb, NOG(BITS), f);
                 }

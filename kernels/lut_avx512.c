@@ -153,8 +153,7 @@ INLINE AVX512 void lookup4_pair(__m512i T, __m512i lo, __m512i hi, __m512i *a, _
 INLINE AVX512 void pair_lanes_to_int32(__m512i a, __m512i b, const int BITS, __m256i comb[4]) {
     const __m256i a2 = _mm256_add_epi16(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
     const __m256i b2 = _mm256_add_epi16(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1));
-    pair_sums_to_int32(_mm_add_epi16(_mm256_castsi256_si128(a2), _mm256_extracti128_si256(a2, 1)),
-                       _mm_add_epi16(_mm256_castsi256_si128(b2), _mm256_extracti128_si256(b2, 1)), BITS, comb);
+    pair_sums_to_int32(add_lanes_epi16(a2), add_lanes_epi16(b2), BITS, comb);
 }
 
 INLINE AVX512 void sums_pair(const uint8_t *wv, const int8_t *tv, int64_t n, const int BITS, __m256i comb[4]) {

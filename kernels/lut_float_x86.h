@@ -76,6 +76,11 @@ LUT_FLOAT_INLINE void finish_outputs(const float *C, float *y, int64_t P, int pe
  * lo and hi: the int16 pair sums of the low and high nibbles, 8 outputs each; comb (int32): 2 bits, outputs 0-7
  * and 8-15; 4 bits, outputs 0-7 (planes 0,1 plus 4 times planes 2,3). */
 #define PAIRED(BITS) ((BITS) == 2 || (BITS) == 4)
+
+/* The two 128-bit lanes of v added as int16 (sums of the tables held one per lane). */
+LUT_FLOAT_INLINE __m128i add_lanes_epi16(__m256i v) {
+    return _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
 LUT_FLOAT_INLINE void pair_sums_to_int32(__m128i lo, __m128i hi, const int BITS, __m256i comb[4]) {
     const __m256i a = _mm256_cvtepi16_epi32(lo), b = _mm256_cvtepi16_epi32(hi);
     if (BITS == 2) {

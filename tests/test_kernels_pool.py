@@ -107,59 +107,43 @@ def _run_fresh(script: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-AWAKE_SCRIPT = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from tmac_convert import kernels
-    import tmac_convert._pool_native as pool
-    sys.path.insert(0, {root!r})
-    from tests.test_kernels_cases import make_case
+# A fresh process with a 2-thread pool that has learnt the gaps of back-to-back GEMVs; the body then runs its
+# calls, and the process prints how often a helper went to sleep during them.
+WARM_POOL_PRELUDE = """
+import sys, time
+import numpy as np
+from tmac_convert import kernels
+import tmac_convert._pool_native as pool
+sys.path.insert(0, {root!r})
+from tests.test_kernels_cases import make_case
 
-    rng = np.random.default_rng(4)
-    case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
-    x = rng.standard_normal(1024).astype(np.float32)
-    for _ in range(20):  # the pool learns the gaps
-        kernels.gemm(case.blob, x, **case.kw, threads=2)
-    before = pool.sleeps()
-    for _ in range(200):
-        kernels.gemm(case.blob, x, **case.kw, threads=2)
-    print(pool.sleeps() - before)
-""")
+rng = np.random.default_rng(4)
+case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
+x = rng.standard_normal(1024).astype(np.float32)
+for _ in range(20):  # the pool learns the gaps
+    kernels.gemm(case.blob, x, **case.kw, threads=2)
+before = pool.sleeps()
+"""
+
+
+def _helper_sleeps_in_fresh_process(body: str) -> int:
+    """Runs WARM_POOL_PRELUDE then ``body`` (unindented Python) in a fresh interpreter; the sleeps during ``body``."""
+    r = _run_fresh(WARM_POOL_PRELUDE + textwrap.dedent(body) + "print(pool.sleeps() - before)\n")
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1])
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a spinning helper needs a core of its own")
 def test_back_to_back_calls_find_the_workers_awake():
     # waking a sleeping thread costs about as much as a small GEMV on a virtual machine.  In a fresh process: in
     # the suite's own process, threads left by earlier tests compete for the 2 cores and preempt the spin.
-    r = _run_fresh(AWAKE_SCRIPT)
-    assert r.returncode == 0, r.stderr
+    sleeps = _helper_sleeps_in_fresh_process("""
+        for _ in range(200):
+            kernels.gemm(case.blob, x, **case.kw, threads=2)
+    """)
     # a fixed short spin sleeps about once per call per helper here (216 in 200 calls on the EPYC VM); the adaptive
     # one a handful of times (7 quiet, 36 with the machine's two cores busy with another test run)
-    assert int(r.stdout.split()[-1]) < 100
-
-
-PAUSE_SCRIPT = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from tmac_convert import kernels
-    import tmac_convert._pool_native as pool
-    sys.path.insert(0, {root!r})
-    from tests.test_kernels_cases import make_case
-
-    rng = np.random.default_rng(4)
-    case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
-    x = rng.standard_normal(1024).astype(np.float32)
-    for _ in range(20):
-        kernels.gemm(case.blob, x, **case.kw, threads=2)
-    before = pool.sleeps()
-    for _ in range(20):
-        end = time.perf_counter() + 0.01
-        while time.perf_counter() < end:  # 10 ms of other work in this thread
-            pass
-        for _ in range(6):
-            kernels.gemm(case.blob, x, **case.kw, threads=2)
-    print(pool.sleeps() - before)
-""")
+    assert sleeps < 100
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a spinning helper needs a core of its own")
@@ -167,9 +151,15 @@ def test_after_a_pause_the_second_call_finds_the_workers_awake_again():
     # The helper sleeps through the pause (1) and, since the pause is still in its estimate, through the gap after
     # the first call (2); from the second call on it spins again.  Measured on the EPYC VM: 2.0 sleeps per pause,
     # and 5.0 with the decaying-maximum estimate before (four calls of ~85 us instead of ~41 us after each pause).
-    r = _run_fresh(PAUSE_SCRIPT)
-    assert r.returncode == 0, r.stderr
-    assert int(r.stdout.split()[-1]) <= 20 * 3
+    sleeps = _helper_sleeps_in_fresh_process("""
+        for _ in range(20):
+            end = time.perf_counter() + 0.01
+            while time.perf_counter() < end:  # 10 ms of other work in this thread
+                pass
+            for _ in range(6):
+                kernels.gemm(case.blob, x, **case.kw, threads=2)
+    """)
+    assert sleeps <= 20 * 3
 
 
 def test_calls_far_apart_let_the_workers_sleep():
