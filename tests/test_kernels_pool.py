@@ -146,22 +146,6 @@ def test_back_to_back_calls_find_the_workers_awake():
     assert sleeps < 100
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a spinning helper needs a core of its own")
-def test_after_a_pause_the_second_call_finds_the_workers_awake_again():
-    # The helper sleeps through the pause (1) and, since the pause is still in its estimate, through the gap after
-    # the first call (2); from the second call on it spins again.  Measured on the EPYC VM: 2.0 sleeps per pause,
-    # and 5.0 with the decaying-maximum estimate before (four calls of ~85 us instead of ~41 us after each pause).
-    sleeps = _helper_sleeps_in_fresh_process("""
-        for _ in range(20):
-            end = time.perf_counter() + 0.01
-            while time.perf_counter() < end:  # 10 ms of other work in this thread
-                pass
-            for _ in range(6):
-                kernels.gemm(case.blob, x, **case.kw, threads=2)
-    """)
-    assert sleeps <= 20 * 3
-
-
 def test_calls_far_apart_let_the_workers_sleep():
     rng = np.random.default_rng(5)
     case = make_case(rng, 2, 1024, 1024, 128, 16, 128, True, False)
