@@ -194,7 +194,7 @@ typedef struct {
     int64_t n, nscale, nbias, nchunk, table_bytes;
     int64_t slice, nslice; /* the build's K slices per row: nslice of slice activations */
     char *tables;
-    float *lscale, *lbias, *sgscale, *vbias, *bsum; /* per row: [nscale], [nbias] x3, [nchunk] */
+    float *lscale, *lbias, *sgscale, *vbias, *bsum; /* per row: [nscale], [nbias] x2, [nchunk] x2 */
     lut_row *rows;
     float fa_factor;
     float *y;
@@ -212,24 +212,16 @@ static void build_slice(gemm_ctx *c, int64_t r, int64_t k0, int64_t k1) {
     const int64_t nsub = p->kf / p->actk, bg = 4 * p->actk;
     const int64_t tb = c->table_bytes / (p->k / 4); /* bytes per table */
     float *ls = c->lscale + r * c->nscale + k0 / p->ags, *lb = c->lbias + r * c->nbias + k0 / bg;
-    float *sgs = c->sgscale + r * c->nbias + k0 / bg, *vb = c->vbias + r * c->nbias + k0 / bg;
-    float *bs = c->bsum + r * c->nchunk + k0 / (4 * p->kf);
+    float *sgs = c->sgscale + r * c->nbias + k0 / bg;
+    float *vb = c->vbias + r * c->nchunk + k0 / (4 * p->kf), *bs = c->bsum + r * c->nchunk + k0 / (4 * p->kf);
     c->build(c->x + r * p->k + k0, k1 - k0, p->ags, bg, p->mode, c->tables + r * c->table_bytes + (k0 / 4) * tb, ls, lb);
     for (int64_t sg = 0; sg < (k1 - k0) / bg; ++sg) {
-        const float s = ls[sg * bg / p->ags];
-        if (p->fa) { /* the tree returns about sum/actk: rescale, and remove its rounding bias (spec.py) */
-            sgs[sg] = s * (float)p->actk;
-            vb[sg] = lb[sg] - sgs[sg] * c->fa_factor;
-        } else {
-            sgs[sg] = s;
-            vb[sg] = lb[sg];
-        }
+        const float sc = ls[sg * bg / p->ags];
+        /* fast aggregation: the tree returns about sum/actk: rescale (lut_chunk_biases removes its rounding
+         * bias, spec.py) */
+        sgs[sg] = p->fa ? sc * (float)p->actk : sc;
     }
-    for (int64_t ko = 0; ko < (k1 - k0) / (4 * p->kf); ++ko) {
-        float b = 0.0f;
-        for (int64_t sub = 0; sub < nsub; ++sub) b = b + lb[ko * nsub + sub];
-        bs[ko] = b;
-    }
+    lut_chunk_biases(lb, sgs, p->fa, c->fa_factor, (k1 - k0) / (4 * p->kf), nsub, vb, bs);
 }
 
 /* Work items [i0, i1) of the build: item i is slice i % nslice of row i / nslice. */
@@ -242,7 +234,7 @@ static void gemm_build(void *arg, int64_t i0, int64_t i1, int tid) {
         if (sl == 0) {
             c->rows[r].table = c->tables + r * c->table_bytes;
             c->rows[r].sgscale = c->sgscale + r * c->nbias;
-            c->rows[r].vbias = c->vbias + r * c->nbias;
+            c->rows[r].vbias = c->vbias + r * c->nchunk;
             c->rows[r].bsum = c->bsum + r * c->nchunk;
         }
     }
@@ -324,9 +316,9 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
         c.nslice = want;
         c.slice = p.k / want;
     }
-    /* the pool's shared workspace: tables, then per row scales, biases, sub-group scales and biases, chunk
-     * bias sums, then the row descriptors */
-    const size_t nfl = (size_t)n * (c.nscale + 3 * c.nbias + c.nchunk);
+    /* the pool's shared workspace: tables, then per row scales, biases, sub-group scales and biases, the chunks'
+     * bias sums (two kinds), then the row descriptors */
+    const size_t nfl = (size_t)n * (c.nscale + 2 * c.nbias + 2 * c.nchunk);
     const size_t table_total = ((size_t)n * c.table_bytes + 63) / 64 * 64;
     const size_t fl_total = (nfl * sizeof(float) + 63) / 64 * 64;
     int ok = 0;
@@ -339,7 +331,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
             c.lscale = f, f += n * c.nscale;
             c.lbias = f, f += n * c.nbias;
             c.sgscale = f, f += n * c.nbias;
-            c.vbias = f, f += n * c.nbias;
+            c.vbias = f, f += n * c.nchunk;
             c.bsum = f;
             c.rows = (lut_row *)(mem + table_total + fl_total);
             pool->run(threads, n * c.nslice, gemm_build, &c);

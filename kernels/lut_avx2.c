@@ -9,12 +9,13 @@
  *     (rows 0..15 of the block) and once with the high nibbles (rows 16..31);
  *   - 2 and 4 bits (sums_pair): the weight vector's bytes are first shuffled into plane pairs, so that each
  *     lookup vector holds, per output, bit-plane p next to plane p+1, and one pmaddubsw against 1,2 both
- *     widens to int16 and combines the two planes (S_p + 2 S_{p+1}); 1 and 3 bits (sums_int8): the int8
- *     results are widened without crossing lanes (pmaddubsw against 1,0 picks the even rows, an arithmetic
- *     shift right by 8 the odd rows) and the planes are combined in int32 afterwards (fold_int);
+ *     widens to int16 and combines the two planes (S_p + 2 S_{p+1}); 1 and 3 bits (sums_int8): two tables'
+ *     lookups interleaved bytewise (no lane crossing) and widened and added by one pmaddubsw against ones,
+ *     the planes combined in int32 afterwards (fold_int);
  *     only at the end of the sub-group are the two lanes (tables j, j+1) added;
- *   - the float stage then repeats reference.py's operations in the same order (mul, then add:
- *     no FMA), per output: 8 outputs per vector.
+ *   - the float stage then repeats reference.py's operations in the same order, per output, 8 outputs per
+ *     vector: one fused multiply-add per output and sub-group into an accumulator that starts at the chunk's
+ *     bias sum, and two per output and chunk (the weight scale, the zero point's share).
  * The planes combined in integers before the float stage (the reference's comb = sum_i 2^i S_i) are what
  * let the pair trick replace 4 of the 13 vector operations per table pair with 1 and halve the float stage
  * (2-bit): measured on the EPYC, 4096x14336 in one process, old and new modules alternated, the GEMV 1.13-1.14x
@@ -278,7 +279,7 @@ INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
         const int8_t *tk = table + ko * kf * 16;
-        const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
+        const __m256 vbsum2 = _mm256_set1_ps(2.0f * row->bsum[ko]), vbc = _mm256_set1_ps(row->vbias[ko]);
         for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) { /* one super-block: NOG(BITS) groups of 8 outputs */
             const uint8_t *wb = wk + B0 * kf * 16;
             for (int64_t o = 0; o < NB(BITS) * kf * 16; o += 64)
@@ -289,6 +290,7 @@ INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float
                     pf = pf + 16 < group_stride ? pf + 16 : pf + 16 - group_stride; /* no division in the loop */
                 }
             __m256 acc[4];
+            start_chunk(NOG(BITS), vbc, acc);
 #pragma GCC unroll 4 /* a chunk's sub-groups (2 at kfactor 32, act group 64): 1-4% in the C harness */
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
@@ -315,10 +317,10 @@ INLINE AVX2 void tile_kernel(const lut_problem *p, const uint8_t *w, const float
                     }
                     comb_to_floats(comb, NOG(BITS), f);
                 }
-                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub, acc);
+                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), acc);
             }
             const int64_t o0 = B0 * 32 / BITS; /* the super-block's first output */
-            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum, per_tensor, zp, blk);
+            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum2, per_tensor, zp, blk);
         }
         if (--left == 0) { /* next weight group */
             Sg += group_stride;
@@ -415,6 +417,7 @@ INLINE AVX2 void rows_step(const lut_problem *p, const __m256i *idx, const lut_r
     const int8_t *tk[4];
     for (int r = 0; r < R; ++r) tk[r] = (const int8_t *)rows[r].table + ko * kf * 16;
     __m256 acc[4][4];
+    for (int r = 0; r < R; ++r) start_chunk(NOG(BITS), _mm256_set1_ps(rows[r].vbias[ko]), acc[r]);
     for (int64_t sub = 0; sub < nsub; ++sub) {
         const int64_t sg = ko * nsub + sub;
         const int8_t *t[4];
@@ -432,12 +435,11 @@ INLINE AVX2 void rows_step(const lut_problem *p, const __m256i *idx, const lut_r
         for (int r = 0; r < R; ++r) {
             __m256 f[4];
             comb_to_floats(comb[r], NOG(BITS), f);
-            add_subgroup(f, NOG(BITS), _mm256_set1_ps(rows[r].sgscale[sg]), _mm256_set1_ps(rows[r].vbias[sg]), sub,
-                         acc[r]);
+            add_subgroup(f, NOG(BITS), _mm256_set1_ps(rows[r].sgscale[sg]), acc[r]);
         }
     }
     for (int r = 0; r < R; ++r)
-        update_outputs(C + r * P + o0, acc[r], NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(rows[r].bsum[ko]),
+        update_outputs(C + r * P + o0, acc[r], NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(2.0f * rows[r].bsum[ko]),
                        p->per_tensor, p->zp, blk);
 }
 

@@ -14,7 +14,7 @@
  *     tables into a zeroed register (nothing past the sub-group is read): a zero lane looks up entry 0
  *     of a zero table, adding 0.
  *   - The float stage is lut_avx2.c's, in 256-bit vectors (8 rows, one block of 8 outputs of one
- *     bit-plane), repeating reference.py's operations in the same order: mul, then add, never FMA.
+ *     outputs), repeating reference.py's operations in the same order (fused multiply-adds where it fuses).
  * The row block (GEMM) splits each 32-row block's weight nibbles once and looks up every row's tables
  * with them.  Float tables and fast aggregation go to the AVX2 functions, and so does the table build.
  * VBMI's vpermb (64-byte lookups) is not used: the layout already puts one table in each 128-bit lane,
@@ -38,7 +38,7 @@
 #define AVX512
 #else
 #include <immintrin.h>
-#define AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl")))
+#define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 #endif
 
 /* What this file does not specialise: float tables and fast aggregation. */
@@ -203,7 +203,7 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
         const int8_t *tk = table + ko * kf * 16;
-        const __m256 vbsum = _mm256_set1_ps(row->bsum[ko]);
+        const __m256 vbsum2 = _mm256_set1_ps(2.0f * row->bsum[ko]), vbc = _mm256_set1_ps(row->vbias[ko]);
         for (int64_t B0 = 0; B0 < nB; B0 += NB(BITS)) { /* one super-block: NOG(BITS) groups of 8 outputs */
             const uint8_t *wb = wk + B0 * kf * 16;
             for (int64_t o = 0; o < NB(BITS) * kf * 16; o += 64)
@@ -214,6 +214,7 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
                     pf = pf + 16 < group_stride ? pf + 16 : pf + 16 - group_stride; /* no division in the loop */
                 }
             __m256 acc[4];
+            start_chunk(NOG(BITS), vbc, acc);
 #pragma GCC unroll 4 /* a chunk's sub-groups (2 at kfactor 32, act group 64): 1-4% in the C harness */
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
@@ -229,10 +230,10 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
                 }
                 __m256 f[4];
                 comb_to_floats(comb, NOG(BITS), f);
-                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub, acc);
+                add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), acc);
             }
             const int64_t o0 = B0 * 32 / BITS; /* the super-block's first output */
-            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum, per_tensor, zp, blk);
+            update_outputs(C + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, vbsum2, per_tensor, zp, blk);
         }
         if (--left == 0) { /* next weight group */
             Sg += group_stride;
@@ -292,6 +293,7 @@ INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const 
                 const lut_row *row = rows + r;
                 const int8_t *tk = (const int8_t *)row->table + ko * kf * 16;
                 __m256 acc[4];
+                start_chunk(NOG(BITS), _mm256_set1_ps(row->vbias[ko]), acc);
                 for (int64_t sub = 0; sub < nsub; ++sub) {
                     const int64_t sg = ko * nsub + sub;
                     __m256i comb[4];
@@ -307,10 +309,9 @@ INLINE AVX512 void tile_rows_int8(const lut_problem *p, const uint8_t *w, const 
                     }
                     __m256 f[4];
                     comb_to_floats(comb, NOG(BITS), f);
-                    add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), _mm256_set1_ps(row->vbias[sg]), sub,
-                                 acc);
+                    add_subgroup(f, NOG(BITS), _mm256_set1_ps(row->sgscale[sg]), acc);
                 }
-                update_outputs(C + r * P + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(row->bsum[ko]),
+                update_outputs(C + r * P + o0, acc, NOG(BITS), Sg + (o0 / 8) * blk, _mm256_set1_ps(2.0f * row->bsum[ko]),
                                per_tensor, zp, blk);
             }
         }

@@ -3,8 +3,9 @@
  *
  * The semantics, including the order of every float operation, are those of
  * tmac_convert/kernels/reference.py; each path (scalar, AVX2, AVX-512, NEON) reproduces them bit for bit.
- * That is why this code never uses FMA in the LUT path and is built with -ffp-contract=off:
- * a fused multiply-add rounds once where the reference rounds twice.
+ * The reference's fused multiply-adds are fused here too (fmaf, vfmadd, vfmaq_f32) and every other operation
+ * is not: the code is built with -ffp-contract=off, so that no compiler fuses a mul and an add the reference
+ * rounds twice.
  *
  * Blob layout (docs section 1): tile t holds bm bit-rows; its weight bytes are
  * [K/(4*kf)][bm/32][kf][16]: the 16 bytes of (chunk ko, block B, table ki) carry, in their low
@@ -31,6 +32,26 @@ static inline void lut_biases(const float *x, int64_t k, int64_t bias_group, flo
         lbias[g] = b;
     }
 }
+/* Per kfactor chunk (nsub sub-groups each), what the tile kernels add once per chunk, in reference.py's order:
+ * bsum, the sub-groups' raw biases lbias added in order (the zero-point term), and vbias, the biases the
+ * sub-groups contribute (the raw ones, or with fast aggregation the raw ones less sgscale times its bias factor)
+ * added in order (the start of the chunk's accumulator).  lbias, sgscale: [nchunk*nsub]; sgscale is read only
+ * with fa. */
+static inline void lut_chunk_biases(const float *lbias, const float *sgscale, int fa, float fa_factor,
+                                    int64_t nchunk, int64_t nsub, float *vbias, float *bsum) {
+    for (int64_t ko = 0; ko < nchunk; ++ko) {
+        float b = 0.0f, v = 0.0f;
+        for (int64_t sub = 0; sub < nsub; ++sub) {
+            const int64_t sg = ko * nsub + sub;
+            const float vsub = fa ? lbias[sg] - sgscale[sg] * fa_factor : lbias[sg];
+            b = sub ? b + lbias[sg] : lbias[sg];
+            v = sub ? v + vsub : vsub;
+        }
+        bsum[ko] = b;
+        vbias[ko] = v;
+    }
+}
+
 enum { PATH_AUTO = 0, PATH_SCALAR = 1, PATH_AVX2 = 2, PATH_NEON = 3, PATH_AVX512 = 4 };
 
 /* One kernel problem, checked by the caller (tmac_convert/kernels/spec.py and lut.c). */
@@ -50,9 +71,10 @@ typedef struct {
 typedef struct {
     const void *table;    /* int8 or float [K/4][16], natural code order */
     const float *sgscale; /* [K/(4 actk)]: multiplies sub-group sg's integer (or float) sum */
-    const float *vbias;   /* [K/(4 actk)]: added to sub-group sg's scaled sums, once per output (plane-combined) */
+    const float *vbias;   /* [K/(4 kf)]: per chunk, the sub-groups' biases added in order: the start of the
+                             chunk's accumulator, which the sub-groups' scaled sums are fused-multiply-added to */
     const float *bsum;    /* [K/(4 kf)]: per chunk, the sub-groups' raw biases (-sum x) added in order,
-                             for the zero-point term */
+                             for the zero-point term (equal to vbias except with fast aggregation) */
 } lut_row;
 
 /* Build one row's tables: table [K/4][16] (int8 or float), lscale [K/ags], lbias [K/bias_group]. */

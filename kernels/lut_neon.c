@@ -5,8 +5,8 @@
  * rows 0..15, high nibbles: rows 16..31), widened into int16 row sums with vaddw (the rows stay
  * in order, so no re-interleaving is needed).  Fast aggregation uses vrhaddq_s8, the signed
  * rounding-halving add, in the same pairing tree as the reference.  Each output's bit-planes are then
- * combined in int32 and the float stage repeats the reference's operations in its order, per output,
- * with separate multiplies and adds (no fused vfma).
+ * combined in int32 and the float stage repeats the reference's operations in its order, per output:
+ * vfmaq_f32 where the reference fuses a multiply-add, separate operations nowhere else.
  * The table build is the scalar one: it is a small part of the work.
  */
 #include "lut_core.h"
@@ -65,14 +65,14 @@ void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *S, const
     const int64_t nsub = kf / actk, P = bm / p->bits, nbl = lut_super_blocks(p->bits);
     const int b = p->bits, blk = p->zp ? 16 : 8, nog = (int)(4 * nbl / b);
     const int8_t *table = (const int8_t *)row->table;
-    const float32x4_t two = vdupq_n_f32(2.0f);
     memset(C, 0, (size_t)P * sizeof(float));
     for (int64_t ko = 0; ko < KO; ++ko) {
         const float *Sg = p->per_tensor ? S : S + (ko * 4 * kf / p->gs) * (P / 8) * blk;
-        const float32x4_t vbsum = vdupq_n_f32(row->bsum[ko]);
+        const float32x4_t vbsum2 = vdupq_n_f32(2.0f * row->bsum[ko]), vbc = vdupq_n_f32(row->vbias[ko]);
         for (int64_t B0 = 0; B0 < nB; B0 += nbl) {
             const int64_t o0 = B0 * 32 / b; /* the super-block's first output */
             float32x4_t acc[4][2];
+            for (int og = 0; og < nog; ++og) acc[og][0] = acc[og][1] = vbc;
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub, j0 = sg * actk;
                 int32x4_t comb[4][2];
@@ -95,12 +95,9 @@ void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *S, const
                         }
                     }
                 }
-                const float32x4_t vs = vdupq_n_f32(row->sgscale[sg]), vb = vdupq_n_f32(row->vbias[sg]);
-                for (int og = 0; og < nog; ++og)
-                    for (int h = 0; h < 2; ++h) {
-                        const float32x4_t v = vaddq_f32(vmulq_f32(vcvtq_f32_s32(comb[og][h]), vs), vb);
-                        acc[og][h] = sub ? vaddq_f32(acc[og][h], v) : v;
-                    }
+                const float32x4_t vs = vdupq_n_f32(row->sgscale[sg]);
+                for (int og = 0; og < nog; ++og) /* vfmaq_f32(c, a, b) = c + a*b, rounded once */
+                    for (int h = 0; h < 2; ++h) acc[og][h] = vfmaq_f32(acc[og][h], vcvtq_f32_s32(comb[og][h]), vs);
             }
             for (int og = 0; og < nog; ++og)
                 for (int h = 0; h < 2; ++h) {
@@ -110,8 +107,8 @@ void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *S, const
                     if (p->per_tensor) {
                         cv = vaddq_f32(cv, acc[og][h]);
                     } else {
-                        cv = vaddq_f32(cv, vmulq_f32(acc[og][h], vld1q_f32(sq)));
-                        if (p->zp) cv = vaddq_f32(cv, vmulq_f32(two, vmulq_f32(vld1q_f32(sq + 8), vbsum)));
+                        cv = vfmaq_f32(cv, acc[og][h], vld1q_f32(sq));
+                        if (p->zp) cv = vfmaq_f32(cv, vld1q_f32(sq + 8), vbsum2);
                     }
                     vst1q_f32(c, cv);
                 }

@@ -119,13 +119,14 @@ void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *S, con
     for (int64_t o = 0; o < P; ++o) C[o] = 0.0f;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const float *Sg = p->per_tensor ? S : S + (ko * 4 * kf / p->gs) * (P / 8) * blk;
-        const float bsum = row->bsum[ko];
+        const float bsum2 = 2.0f * row->bsum[ko], vbc = row->vbias[ko];
         for (int64_t B0 = 0; B0 < nB; B0 += nbl) {
             const int64_t nrows = 32 * (nB - B0 < nbl ? nB - B0 : nbl), nout = nrows / b, o0 = B0 * 32 / b;
             float acc[96];
+            for (int64_t o = 0; o < nout; ++o) acc[o] = vbc;
             for (int64_t sub = 0; sub < nsub; ++sub) {
                 const int64_t sg = ko * nsub + sub;
-                const float vs = row->sgscale[sg], vb = row->vbias[sg];
+                const float vs = row->sgscale[sg];
                 int32_t isum[96];
                 float fsum[96];
                 for (int64_t B = B0; B < B0 + nrows / 32; ++B)
@@ -142,8 +143,7 @@ void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *S, con
                         for (int i = 1; i < b; ++i) c += isum[r0 + 8 * i] * (1 << i);
                         comb = (float)c;
                     }
-                    const float v = comb * vs + vb;
-                    acc[o] = sub ? acc[o] + v : v;
+                    acc[o] = fmaf(comb, vs, acc[o]);
                 }
             }
             for (int64_t o = 0; o < nout; ++o) {
@@ -153,8 +153,8 @@ void lut_tile_scalar(const lut_problem *p, const uint8_t *w, const float *S, con
                     continue;
                 }
                 const int64_t ob = (o0 + o) / 8, e = (o0 + o) % 8;
-                *c = *c + acc[o] * Sg[ob * blk + e];
-                if (p->zp) *c = *c + 2.0f * (Sg[ob * blk + 8 + e] * bsum);
+                *c = fmaf(acc[o], Sg[ob * blk + e], *c);
+                if (p->zp) *c = fmaf(Sg[ob * blk + 8 + e], bsum2, *c);
             }
         }
     }

@@ -57,20 +57,15 @@ static int run_case(lut_tile_fn simd, lut_tile_rows_fn simd_rows, int bits, int6
     const float factor = (float)(levels / 4.0 * ((1 << bits) - 1));
     for (int r = 0; r < NR; ++r) {
         char *tr = table + r * (k / 4) * 16 * sizeof(float);
-        float *lsr = ls + r * (k / ags), *lbr = lb + r * nbias, *sgr = sgs + r * nbias, *vbr = vb + r * nbias;
+        float *lsr = ls + r * (k / ags), *lbr = lb + r * nbias, *sgr = sgs + r * nbias, *vbr = vb + r * nchunk;
         float *bsr = bs + r * nchunk;
         lut_build_scalar(x + r * k, k, ags, 4 * p.actk, mode, tr, lsr, lbr);
         /* what lut.c derives per row: sub-group scales and plane-0 biases, chunk bias sums */
         for (int64_t sg = 0; sg < nbias; ++sg) {
             const float sc = lsr[sg * 4 * p.actk / ags];
             sgr[sg] = fa ? sc * (float)p.actk : sc;
-            vbr[sg] = fa ? lbr[sg] - sgr[sg] * factor : lbr[sg];
         }
-        for (int64_t ko = 0; ko < nchunk; ++ko) {
-            float b = 0.0f;
-            for (int64_t sub = 0; sub < nsub; ++sub) b = b + lbr[ko * nsub + sub];
-            bsr[ko] = b;
-        }
+        lut_chunk_biases(lbr, sgr, fa, factor, nchunk, nsub, vbr, bsr);
         rows[r].table = tr, rows[r].sgscale = sgr, rows[r].vbias = vbr, rows[r].bsum = bsr;
     }
     const lut_row row = rows[0];

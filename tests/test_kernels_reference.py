@@ -3,6 +3,9 @@
 Bars (issue 6): NMSE below 1e-9 with float tables and below 3e-4 with the int8 LUT, on Gaussian activations.
 """
 
+import ctypes
+import ctypes.util
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +22,40 @@ GOLDEN = golden_cases()
 
 def run_ref(case, x, **kw):
     return kernels.gemm(case.blob, x, **case.kw, path="reference", **kw)
+
+
+_LIBM = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+_LIBM.fmaf.restype, _LIBM.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
+
+
+def libm_fmaf(a, b, c) -> np.ndarray:
+    """C's fmaf, element by element (broadcast): the definition the reference's fma32 must meet."""
+    a, b, c = np.broadcast_arrays(*(np.asarray(v, dtype=np.float32) for v in (a, b, c)))
+    out = [_LIBM.fmaf(float(x), float(y), float(z)) for x, y, z in zip(a.ravel(), b.ravel(), c.ravel())]
+    return np.array(out, dtype=np.float32).reshape(a.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused multiply-add
+
+_F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300)
+@given(a=_F32, b=_F32, c=_F32)
+def test_fma32_rounds_once_like_c_fmaf(a, b, c):
+    with np.errstate(over="ignore"):
+        assert libm_fmaf(a, b, c).view(np.int32) == reference.fma32(np.float32(a), np.float32(b), np.float32(c)).view(np.int32)
+
+
+def test_fma32_is_fmaf_where_mul_then_add_rounds_differently():
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal(4000).astype(np.float32)
+    b = rng.standard_normal(4000).astype(np.float32)
+    c = (-(a.astype(np.float64) * b) * rng.choice([1.0, 1.0 + 2.0**-20], 4000)).astype(np.float32)  # cancellation
+    want = libm_fmaf(a, b, c)
+    assert np.array_equal(reference.fma32(a, b, c).view(np.int32), want.view(np.int32))
+    assert np.count_nonzero((a * b + c) != want) > 1000   # the cases where fusing matters are well represented
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +134,9 @@ def test_reference_meets_the_bars_on_random_layouts(layout, seed):
 def _spec_output(codes, s, z, x, bits, gs, kfactor, ags):
     """The int8 kernel's result written per output from the source codes, in reference.py's order of operations:
     per act sub-group the exact integer sums S_i of each bit-plane's lookups, combined as sum_i 2^i S_i before any
-    float operation; then (float32) times the table scale plus the bias, summed over the chunk's sub-groups,
-    C += acc*s (then C += 2*(z'*bsum)) per chunk in K order, and y = C/2."""
+    float operation; per chunk the accumulator starts at the sub-groups' biases summed in order and takes
+    fma(comb, table scale, acc) per sub-group; then C = fma(acc, s, C) (and C = fma(z', 2*bsum, C)) per chunk in K
+    order, and y = C/2.  fma is C's fmaf, not the reference's emulation."""
     f32 = np.float32
     m0, k = codes.shape
     actk = min(ags // 4, kfactor)
@@ -109,18 +147,20 @@ def _spec_output(codes, s, z, x, bits, gs, kfactor, ags):
     for n in range(x.shape[0]):
         c = np.zeros(m0, dtype=f32)
         for ko in range(k // (4 * kfactor)):
-            acc, bsum = None, None
-            for sub in range(kfactor // actk):
-                j = np.arange(ko * kfactor + sub * actk, ko * kfactor + (sub + 1) * actk)
+            subs = range(ko * kfactor // actk, (ko + 1) * kfactor // actk)
+            bsum = lbias[n, subs[0]]
+            for sg in subs[1:]:
+                bsum = bsum + lbias[n, sg]
+            acc = np.full(m0, bsum, dtype=f32)
+            for sg in subs:
+                j = np.arange(sg * actk, (sg + 1) * actk)
                 planes = [table[n, j, idx[i][:, j]].astype(np.int64).sum(axis=1) for i in range(bits)]
                 comb = sum(planes[i] << i for i in range(bits))
-                val = comb.astype(f32) * lscale[n, 4 * j[0] // ags] + lbias[n, j[0] // actk]
-                acc = val if acc is None else acc + val
-                bsum = lbias[n, j[0] // actk] if bsum is None else bsum + lbias[n, j[0] // actk]
+                acc = libm_fmaf(comb.astype(f32), lscale[n, 4 * j[0] // ags], acc)
             g = 4 * ko * kfactor // gs
-            c = c + acc * s[:, g]
+            c = libm_fmaf(acc, s[:, g], c)
             if z is not None:
-                c = c + f32(2) * (z[:, g] * bsum)
+                c = libm_fmaf(z[:, g], f32(2) * bsum, c)
         y[n] = f32(0.5) * c
     return y
 

@@ -20,14 +20,20 @@ Order of operations (float32 throughout unless said otherwise):
    bit-row (int16 in the kernels) — or a float sum in table order for the float LUT, or the rounding-halving
    tree of fast aggregation.  The bit-planes of each output are then combined before any float operation:
    ``comb = sum_i 2^i·S_i`` exactly in integers (for the float LUT in float32, ``c = S_0``, then
-   ``c = c + 2^i·S_i`` for i = 1..b−1).  ``val = float(comb)·scale + bias`` per output; the chunk's ``acc``
-   adds the sub-groups' ``val`` in order, ``bsum`` their raw biases.
-3. ``C = C + acc·s`` with the output's group scale (``C = C + acc`` for a per-tensor scale), then with zero
-   points ``C = C + 2·(z'·bsum)``; chunks in K order, C starting at 0.
+   ``c = c + 2^i·S_i`` for i = 1..b−1).  Per chunk, ``vbsum`` adds the sub-groups' biases in order (``bsum``
+   their raw biases, which differ only with fast aggregation); ``acc`` starts at ``vbsum`` and takes
+   ``acc = fma(float(comb), scale, acc)`` per sub-group in order.
+3. ``C = fma(acc, s, C)`` with the output's group scale (``C = C + acc`` for a per-tensor scale), then with
+   zero points ``C = fma(z', 2·bsum, C)``; chunks in K order, C starting at 0.
 4. ``y = 0.5·C`` (the ``1/2`` of ``alpha``), then a per-tensor scale multiplies last.
+
+``fma(a, b, c)`` is a fused multiply-add: ``a·b + c`` rounded once to float32 (C's ``fmaf``, one FMA
+instruction in the SIMD kernels; :func:`fma32` here).
 
 Combining the planes in integers is what makes the float stage per output rather than per bit-row: it runs
 ``b`` times less often than it would per plane, and ``comb`` stays exact (|comb| <= (2^b − 1)·128·actk).
+Fused multiply-adds, with the biases summed once per chunk, leave one float operation per output and
+sub-group (after the conversion) and two per chunk.
 """
 
 from __future__ import annotations
@@ -39,6 +45,27 @@ from .spec import Problem, fast_aggregation_bias_factor
 F32 = np.float32
 _ROWS_PER_PASS = 16      # activation rows handled together
 _PASS_VALUES = 1 << 21   # lookups per pass (rows x chunks x kfactor x bm): bounds the reference's memory
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Fused multiply-add of float32 arrays (broadcast): ``a·b + c`` rounded once to float32, as C's ``fmaf``.
+
+    ``a·b`` is exact in float64 (24 + 24 bits); the sum is rounded to float64 *to odd* (the exact sum's
+    truncation with its last bit set when inexact, from a TwoSum error term), and 53 >= 24 + 2 bits make
+    the final rounding to float32 the single correct rounding.  Non-finite sums are returned as they come.
+    """
+    a64, b64, c64 = (np.asarray(v, dtype=F32).astype(np.float64) for v in (a, b, c))
+    p = a64 * b64
+    s = p + c64
+    with np.errstate(invalid="ignore"):
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)                  # exact: p + c = s + err
+        inexact = (err != 0) & np.isfinite(s)
+    bits = s.view(np.int64)
+    # truncation toward zero: one step down in magnitude where s was rounded away from zero
+    bits = np.where(inexact & (np.signbit(err) != np.signbit(s)), bits - 1, bits)
+    bits = np.where(inexact, bits | 1, bits)
+    return bits.view(np.float64).astype(F32)
 
 
 def build_lut(x: np.ndarray, ags: int, bias_group: int, lut: str = "int8") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,10 +190,12 @@ def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: st
     first_table = np.arange(ko_n)[:, None] * kf + np.arange(nsub)[None, :] * p.actk
     ag = first_table * 4 // p.ags                                                   # [KO, nsub] scale index
     sg = first_table // p.actk                                                      # [KO, nsub] bias index
-    vs, vb, zb = vscale[:, ag][..., None], vbias[:, sg][..., None], zbias[:, sg]    # [n, KO, nsub(, 1)]
-    bsum = zb[:, :, 0]
+    vs, vb, zb = vscale[:, ag][..., None], vbias[:, sg], zbias[:, sg]               # [n, KO, nsub(, 1)]
+    bsum, vbsum = zb[:, :, 0], vb[:, :, 0]
     for s in range(1, nsub):
         bsum = bsum + zb[:, :, s]                                                   # [n, KO]
+        vbsum = vbsum + vb[:, :, s]
+    bsum2 = F32(2) * bsum                                                           # exact
 
     # Table index of every (chunk, ki): the flat table offset j·16 that a code is added to.
     j16 = (np.arange(ko_n)[:, None, None] * kf + np.arange(kf)[None, :, None]) * 16   # [KO, kf, 1]
@@ -193,20 +222,16 @@ def _gemm_rows(weights, scales, table, vscale, vbias, zbias, p: Problem, lut: st
             code = np.stack([w & 15, w >> 4], axis=3).transpose(0, 2, 1, 3, 4).reshape(k1 - k0, kf, bm)  # 32B+16h+l
             vals = flat_table[:, j16[k0:k1] + code]                                 # [n, chunks, kf, bm]
             comb = _combine_planes(_sub_group_values(vals, p, lut, fast_aggregation), b)  # [n, chunks, nsub, pt]
-            val = comb * vs[:, k0:k1] + vb[:, k0:k1]
-            acc = val[:, :, 0]
-            for s in range(1, nsub):
-                acc = acc + val[:, :, s]                                            # [n, chunks, pt]
-            if p.per_tensor:
-                steps = acc
-            else:
-                g = grp[k0:k1]
-                steps = acc * s_g[g]
+            acc = np.broadcast_to(vbsum[:, k0:k1, None], comb[:, :, 0].shape)
+            for s in range(nsub):
+                acc = fma32(comb[:, :, s], vs[:, k0:k1, s], acc)                    # [n, chunks, pt]
+            if p.per_tensor:  # chunks in K order, continuing from the previous pass's C
+                c = np.add.accumulate(np.concatenate([c[:, None], acc], axis=1), axis=1)[:, -1]
+                continue
+            for i, g in enumerate(grp[k0:k1]):  # chunks in K order: each fma rounds once, so no prefix sum
+                c = fma32(acc[:, i], s_g[g], c)
                 if z_g is not None:
-                    zc = F32(2) * (z_g[g] * bsum[:, k0:k1, None])
-                    steps = np.stack([steps, zc], axis=2).reshape(n, 2 * (k1 - k0), pt)  # C += acc·s, then zc
-            # chunks in K order, continuing from the previous pass's C
-            c = np.add.accumulate(np.concatenate([c[:, None], steps], axis=1), axis=1)[:, -1]
+                    c = fma32(z_g[g], bsum2[:, k0 + i, None], c)
         yt = F32(0.5) * c
         if p.per_tensor:
             yt = yt * scales[0]

@@ -124,8 +124,8 @@ def tmac_config_cmake(isa: str, lut_files: list[str]) -> str:
 # Provides TMAC_FOUND, TMAC_LIB_DIR (holds kcfg.ini), TMAC_INCLUDE_DIRS, TMAC_KERNELS_SOURCE (kernels.cc,
 # compiled into ggml by the fork) and the INTERFACE target t_mac_no_tvm, which carries the include
 # folder, the define TMAC_KCFG_FILE (this kit's kcfg.ini) and the static library tmac_kit_lut: the LUT
-# kernels, compiled as C11 without floating-point contraction (a fused multiply-add rounds once where
-# the kernels' reference rounds twice).
+# kernels, compiled as C11 without floating-point contraction: the kernels fuse exactly the multiply-adds
+# their reference fuses, and a compiler that fused others would round once where the reference rounds twice.
 
 get_filename_component(_tmac_kit_prefix "${{CMAKE_CURRENT_LIST_DIR}}/../../.." ABSOLUTE)
 set(TMAC_FOUND TRUE)
