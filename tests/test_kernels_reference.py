@@ -229,6 +229,20 @@ def test_a_blob_of_the_wrong_length_is_a_layout_error_naming_the_tensor():
     assert e.value.rule == "blob length" and e.value.tensor == "blk.3.ffn_up.weight"
 
 
+def test_the_same_problem_checked_again_gives_the_same_answer_with_this_calls_tensor_name():
+    """The checks are remembered per shape (decode calls the same shapes again and again): a good blob after a
+    bad one of the same shape still runs, a bad one is refused every time, each error naming its own call."""
+    case = make_case(np.random.default_rng(0), 2, 64, 256, 128, 16, 128, True, False)
+    x = np.zeros((1, 256), np.float32)
+    for name in ("blk.0.attn_q.weight", "blk.1.attn_q.weight", "blk.0.attn_q.weight"):
+        with pytest.raises(LayoutError, match="blob is 5119 bytes") as e:
+            kernels.gemm(case.blob[:-1], x, **case.kw, name=name)
+        assert e.value.tensor == name
+        assert kernels.gemm(case.blob, x, **case.kw, name=name).shape == (1, 64)
+    with pytest.raises(LayoutError, match="bits must be"):
+        kernels.gemm(case.blob, x, **{**case.kw, "bits": 5})
+
+
 def test_per_tensor_scale_is_recognised_from_the_blob_length():
     case = make_case(np.random.default_rng(0), 2, 160, 256, 320, 16, 256, False, True)
     kw = dict(case.kw, group_size=128)   # the group size given is irrelevant for a per-tensor blob

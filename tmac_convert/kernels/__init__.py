@@ -35,7 +35,13 @@ __all__ = ["gemm", "dequant_gemm", "available_paths", "resolve_path", "Problem",
 
 def available_paths() -> list[str]:
     """Kernel paths that run here: the native ones this build and CPU support, then ``"reference"``."""
-    return (list(native.paths()) if native is not None else []) + ["reference"]
+    return list(_paths_of(native))
+
+
+@functools.lru_cache(maxsize=8)
+def _paths_of(module) -> tuple[str, ...]:
+    """The paths a native module (or None) offers: fixed for a module on this CPU, so asked once."""
+    return (tuple(module.paths()) if module is not None else ()) + ("reference",)
 
 
 def resolve_path(path: str | None = None) -> str:
@@ -43,8 +49,12 @@ def resolve_path(path: str | None = None) -> str:
 
     ``"auto"`` picks AVX-512 (F, BW, VL), AVX2 or NEON when available, else scalar C, else the numpy reference.
     """
-    want = (path or os.environ.get(ENV_PATH) or "auto").strip().lower()
-    have = available_paths()
+    return _resolve_path(path or os.environ.get(ENV_PATH) or "auto", _paths_of(native))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_path(asked: str, have: tuple[str, ...]) -> str:
+    want = asked.strip().lower()
     if want == "auto":
         return next((p for p in ("avx512", "avx2", "neon", "scalar") if p in have), "reference")
     if want not in _PATH_IDS and want != "reference":
@@ -56,7 +66,6 @@ def resolve_path(path: str | None = None) -> str:
     return want
 
 
-@functools.lru_cache(maxsize=1)
 def _default_threads() -> int:
     return cpu_count()  # asked once: the query reads /sys, tens of microseconds against a GEMV of ~100
 

@@ -12,6 +12,8 @@ kernels alike:
 
 from __future__ import annotations
 
+import collections.abc
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,12 +73,27 @@ def resolve(blob: np.ndarray, *, m: int, k: int, bits: int, group_size: int, zer
         flat = np.frombuffer(memoryview(np.ascontiguousarray(blob)).cast("B"), dtype=np.uint8)
     except (TypeError, ValueError) as e:
         raise LayoutError(f"blob must be a contiguous byte buffer: {e}", tensor=name, rule="blob bytes") from None
+    args = (flat.size, m, k, bits, group_size, zero_point, bm, kfactor, act_group_size, name)
+    try:
+        return _problem(*args), flat
+    except TypeError:
+        if all(isinstance(a, collections.abc.Hashable) for a in args):
+            raise
+        return _problem.__wrapped__(*args), flat  # an unhashable argument: checked without the cache
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _problem(nbytes: int, m: int, k: int, bits: int, group_size: int, zero_point: bool, bm: int, kfactor: int,
+             act_group_size: int | None, name: str | None) -> Problem:
+    """The checks of :func:`resolve` for a blob of ``nbytes`` bytes.  Cached: a model's decode calls the same
+    few shapes again and again, and the checks cost several times a small GEMV's native call (a failed check
+    raises, and is not cached)."""
     if bits not in (1, 2, 3, 4):
         raise LayoutError(f"bits must be 1, 2, 3 or 4, got {bits}", tensor=name, rule="bits in {1,2,3,4}")
     if m <= 0 or k <= 0 or group_size <= 0 or k % group_size:
         raise LayoutError(f"group size {group_size} does not divide K = {k} (M0 = {m})", tensor=name,
                           rule="K % group_size == 0")
-    per_tensor = is_per_tensor_blob(flat.size, m, k, bits, group_size, zero_point, name)
+    per_tensor = is_per_tensor_blob(nbytes, m, k, bits, group_size, zero_point, name)
     check_layout(m, k, bits, bm, kfactor, None if per_tensor else group_size, tensor=name)
     ags = k if act_group_size in (-1, None) else int(act_group_size)
     check_act_group(k, kfactor, ags, tensor=name)
@@ -85,7 +102,7 @@ def resolve(blob: np.ndarray, *, m: int, k: int, bits: int, group_size: int, zer
         raise LayoutError(f"kfactor {kfactor} holds {kfactor // actk} act groups of {ags}; the kernels allow at most "
                           "32 per chunk", tensor=name, rule="kfactor / act sub-group <= 32")
     gs = k if per_tensor else group_size
-    return Problem(m, k, bits, gs, bool(zero_point) and not per_tensor, per_tensor, bm, kfactor, ags), flat
+    return Problem(m, k, bits, gs, bool(zero_point) and not per_tensor, per_tensor, bm, kfactor, ags)
 
 
 def as_activations(x: np.ndarray, k: int, name: str | None = None) -> tuple[np.ndarray, bool]:
