@@ -200,6 +200,11 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
     memset(C, 0, (size_t)P * sizeof(float));
     const float *Sg = S;
     int64_t left = chunks_per_group, pf = 0; /* pf: the next scale line to prefetch within a later group */
+    /* every line of a group's scales is prefetched while the group before the one two ahead is computed: the
+     * group's lines spread over its super-blocks (one line per super-block left half of them unfetched at 2 bits
+     * with zero points, three quarters at 1 bit) */
+    const int64_t sb_per_group = (nB / NB(BITS)) * chunks_per_group, group_lines = (group_stride * 4 + 63) / 64;
+    const int64_t lines_per_sb = (group_lines + sb_per_group - 1) / sb_per_group;
     for (int64_t ko = 0; ko < KO; ++ko) {
         const uint8_t *wk = w + ko * nB * kf * 16;
         const int8_t *tk = table + ko * kf * 16;
@@ -208,8 +213,8 @@ INLINE AVX512 void tile_kernel(const lut_problem *p, const uint8_t *w, const flo
             const uint8_t *wb = wk + B0 * kf * 16;
             for (int64_t o = 0; o < NB(BITS) * kf * 16; o += 64)
                 _mm_prefetch((const char *)(wb + LUT_PREFETCH_BYTES + o), _MM_HINT_T0);
-            if (!per_tensor && group_stride >= 16) /* one line of a later group's scales per block */
-                for (int bl = 0; bl < NB(BITS); ++bl) {
+            if (!per_tensor && group_stride >= 16) /* the super-block's share of a later group's scale lines */
+                for (int64_t l = 0; l < lines_per_sb; ++l) {
                     _mm_prefetch((const char *)(Sg + LUT_PREFETCH_GROUPS * group_stride + pf), _MM_HINT_T0);
                     pf = pf + 16 < group_stride ? pf + 16 : pf + 16 - group_stride; /* no division in the loop */
                 }
