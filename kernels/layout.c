@@ -375,12 +375,12 @@ typedef struct {
     uint8_t *dst;
     int64_t K, bm, kfactor, t0;
     int bits;
-    uint32_t seen[TMAC_POOL_MAX_THREADS]; /* per thread: OR of the codes it read */
+    uint32_t seen[TMAC_POOL_MAX_THREADS]; /* per thread: OR of the codes it read (a thread may get several ranges) */
 } layout_job;
 
 static void layout_range(void *arg, int64_t a, int64_t b, int tid) {
     layout_job *j = (layout_job *)arg;
-    j->seen[tid] = j->fn(j->src, j->dst, j->K, j->bits, j->bm, j->kfactor, j->t0 + a, j->t0 + b);
+    j->seen[tid] |= j->fn(j->src, j->dst, j->K, j->bits, j->bm, j->kfactor, j->t0 + a, j->t0 + b);
 }
 
 /* Shared argument handling: (src, dst, M0, K, bits, bm, kfactor, tile_begin, tile_end[, threads]). */

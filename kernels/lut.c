@@ -552,7 +552,7 @@ typedef struct {
 static void probe_range(void *arg, int64_t a, int64_t b, int tid) {
     probe_ctx *c = (probe_ctx *)arg;
     const int64_t end = b * 4096 < c->len ? b * 4096 : c->len;
-    c->sum[tid] = read_probe(c->p + a * 4096, end - a * 4096);
+    c->sum[tid] += read_probe(c->p + a * 4096, end - a * 4096);
 }
 
 static PyObject *py_read_probe(PyObject *self, PyObject *args) {

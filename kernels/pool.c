@@ -3,7 +3,7 @@
  *
  * Hand-off: each worker has its own generation counter and condition variable.  run() writes the job,
  * bumps the generation of each participating worker only (idle workers beyond nt are not woken) and
- * signals it.  A worker that has finished its range spins on its counter for a while before it sleeps.
+ * signals it.  A worker that has finished its share spins on its counter for a while before it sleeps.
  * How long adapts to the calls: run() measures each worker's idle time (from the end of its last range to
  * the new job) and keeps the longer of its last two idles as the estimate (a kernel call runs the pool twice,
  * tables then tiles, with a short idle in between and a longer one until the next call, and the spin must cover
@@ -13,8 +13,10 @@
  * finds the workers spinning again.  Why it matters: waking a sleeping thread costs tens to hundreds of microseconds on a virtual
  * machine, as much as a whole GEMV (measured on the EPYC VM, 4096x14336 2-bit: 2 threads were no faster
  * than 1 with a fixed 4000-pause spin, 1.7x faster with spinning through the gaps).
- * Completion is one atomic counter; the caller spins on it for at most SPIN_MAX_NS, then sleeps on a
- * condition variable (a descheduled worker needs the core).
+ * Work is claimed in chunks by compare-and-swap on each range's (front, back, run tag) word: owners from the
+ * front, the others from the back (see range_t).  Completion is one atomic count of items not yet computed; the
+ * caller spins on it for at most SPIN_MAX_NS, then sleeps on a condition variable (a descheduled worker needs
+ * the core).  The caller waits for the items only, not for workers that have not woken yet.
  */
 #define _POSIX_C_SOURCE 200809L /* posix_memalign under -std=c11 */
 
@@ -100,7 +102,6 @@ static uint64_t spin_budget(uint64_t idle_est) {
 
 typedef struct {
     _Atomic uint64_t gen;      /* bumped by run() when this worker has a range */
-    int64_t begin, end;
     _Atomic uint64_t finished; /* now_ns() when this worker last finished a range (0: never) */
     _Atomic uint64_t idle_est; /* estimated time from a range's end to the next job, ns (run() keeps it) */
     _Atomic uint64_t idle_last; /* the last idle run() measured, ns */
@@ -110,11 +111,32 @@ typedef struct {
 
 static _Atomic uint64_t sleeps; /* times a worker went to sleep waiting for a job */
 
+/* Range i of the current run: items [front, back) not yet claimed, packed as front | back << 32.  Its owner
+ * (thread index i) claims chunks from the front; a thread that has finished its own range claims chunks from
+ * the back of the others' (work stealing).  So a worker that wakes late (tens to hundreds of microseconds on a
+ * virtual machine) or whose core is taken by another process loses its share to the threads that are running,
+ * while in the usual case every thread computes the same items as under a static partition (the same tiles on
+ * the same core, call after call). */
+typedef struct {
+    _Atomic uint64_t fb; /* front (20 bits) | back << 20 (20 bits) | the run's tag << 40 (24 bits) */
+    int64_t chunk;       /* units per claim */
+    char pad[64 - sizeof(uint64_t) - sizeof(int64_t)];
+} range_t;
+#define UNITS_MAX ((int64_t)1 << 19) /* a run of more items claims units of several items */
+#define TAG_MASK 0xffffffu
+#define PACK(f, b, tag) ((uint64_t)(f) | ((uint64_t)(b) << 20) | ((uint64_t)(tag) << 40))
+#define FRONT(v) ((int64_t)((v) & 0xfffffu))
+#define BACK(v) ((int64_t)(((v) >> 20) & 0xfffffu))
+#define TAG(v) ((uint64_t)(v) >> 40)
+
 static struct {
     pthread_mutex_t call; /* held from begin to end: one call at a time */
     pthread_mutex_t mu;   /* guards the sleeps and wake-ups */
     pthread_cond_t done;
-    _Atomic int remaining;
+    _Atomic int64_t undone; /* items of the current run not yet computed */
+    _Atomic uint64_t run;   /* the current run: its tag | its range count << 24 (published before its ranges) */
+    int64_t n, unit;        /* the current run's items, and items per unit */
+    range_t r[TMAC_POOL_MAX_THREADS];
     pool_range_fn fn;
     void *ctx;
     int nworkers;          /* worker i serves thread index i + 1 */
@@ -127,11 +149,38 @@ static struct {
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static void finish_one(void) {
-    if (atomic_fetch_sub(&P.remaining, 1) == 1) {
+/* Compute units [u0, u1) for thread tid and count their items done; the thread that computes the run's last
+ * item wakes the caller if it sleeps. */
+static void compute(int64_t u0, int64_t u1, int tid) {
+    const int64_t i0 = u0 * P.unit, i1 = u1 * P.unit < P.n ? u1 * P.unit : P.n;
+    P.fn(P.ctx, i0, i1, tid);
+    if (atomic_fetch_sub(&P.undone, i1 - i0) == i1 - i0) {
         pthread_mutex_lock(&P.mu);
         pthread_cond_signal(&P.done);
         pthread_mutex_unlock(&P.mu);
+    }
+}
+
+/* Thread tid's share of the current run: its own range from the front, then the others' from the back.  A
+ * worker that wakes after its run has ended finds either that run's ranges empty or a later run's, which it
+ * serves only if it is one of that run's threads (its scratch is sized for it); a claim is a compare-and-swap
+ * that also checks the run's tag, so no item of another run is ever taken. */
+static void serve(int tid) {
+    const uint64_t run = atomic_load(&P.run), tag = run & TAG_MASK;
+    const int nt = (int)(run >> 24);
+    if (tid >= nt) return;
+    for (int d = 0; d < nt; ++d) {
+        range_t *r = &P.r[(tid + d) % nt];
+        uint64_t v = atomic_load(&r->fb);
+        while (TAG(v) == tag && FRONT(v) < BACK(v)) {
+            const int64_t f = FRONT(v), b = BACK(v), c = r->chunk;
+            /* the owner takes from the front, the others from the back */
+            const int64_t lo = d ? (b - c > f ? b - c : f) : f, hi = d ? b : (f + c < b ? f + c : b);
+            if (atomic_compare_exchange_weak(&r->fb, &v, d ? PACK(f, lo, tag) : PACK(hi, b, tag))) {
+                compute(lo, hi, tid);
+                v = atomic_load(&r->fb);
+            }
+        }
     }
 }
 
@@ -153,10 +202,9 @@ static void *worker_main(void *arg) {
             pthread_mutex_unlock(&P.mu);
         }
         seen = atomic_load(&w->gen);
-        P.fn(P.ctx, w->begin, w->end, tid);
+        serve(tid);
         fin = now_ns();
-        atomic_store(&w->finished, fin); /* before finish_one: the next run() reads it */
-        finish_one();
+        atomic_store(&w->finished, fin); /* the next run() reads it */
     }
     return NULL;
 }
@@ -171,7 +219,7 @@ static void atfork_child(void) {
     pthread_mutex_init(&P.mu, NULL);
     pthread_cond_init(&P.done, NULL);
     P.nworkers = 0;
-    atomic_store(&P.remaining, 0);
+    atomic_store(&P.undone, 0);
 }
 static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
 
@@ -222,12 +270,24 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
         return;
     }
     grow_workers(nt - 1);
-    const int helpers = nt - 1 < P.nworkers ? nt - 1 : P.nworkers;
+    if (nt - 1 > P.nworkers) nt = P.nworkers + 1; /* workers that failed to start: fewer ranges */
+    static uint64_t tags;
+    const uint64_t tag = ++tags & TAG_MASK;
+    /* the run's parameters first, its ranges last: a range holding this tag implies all of them are visible */
     P.fn = fn;
     P.ctx = ctx;
-    atomic_store(&P.remaining, helpers);
+    P.n = n;
+    P.unit = (n + UNITS_MAX - 1) / UNITS_MAX;
+    const int64_t units = (n + P.unit - 1) / P.unit;
+    atomic_store(&P.undone, n);
+    atomic_store(&P.run, tag | (uint64_t)nt << 24);
+    for (int i = 0; i < nt; ++i) {
+        const int64_t f = units * i / nt, b = units * (i + 1) / nt;
+        P.r[i].chunk = (b - f + 7) / 8; /* about eight claims per range */
+        atomic_store(&P.r[i].fb, PACK(f, b, tag));
+    }
     const uint64_t start = now_ns();
-    for (int i = 0; i < helpers; ++i) {
+    for (int i = 0; i < nt - 1; ++i) {
         worker *w = &P.w[i];
         /* the worker's idle estimate: the longer of its last two idles (see the top of this file).  A decaying
          * maximum, tried before, kept a pause of milliseconds in the estimate for about five calls, each of
@@ -238,23 +298,21 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
             atomic_store(&w->idle_last, idle);
             atomic_store(&w->idle_est, idle > last ? idle : last);
         }
-        w->begin = n * (i + 1) / nt;
-        w->end = n * (i + 2) / nt;
         atomic_fetch_add(&w->gen, 1);
         pthread_mutex_lock(&P.mu);
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&P.mu);
     }
-    fn(ctx, 0, n / nt, 0);
-    for (int i = helpers + 1; i < nt; ++i) fn(ctx, n * i / nt, n * (i + 1) / nt, i); /* workers that failed to start */
+    serve(0);
+    /* every item claimed: wait for those still being computed (not for workers that have not woken yet) */
     const uint64_t mine = now_ns();
-    while (atomic_load(&P.remaining) > 0) { /* then sleep: a descheduled worker needs the core */
+    while (atomic_load(&P.undone) > 0) { /* then sleep: a descheduled worker needs the core */
         for (int i = 0; i < SPIN_CHECK; ++i) CPU_RELAX();
         if (now_ns() - mine > SPIN_MAX_NS) break;
     }
-    if (atomic_load(&P.remaining) > 0) {
+    if (atomic_load(&P.undone) > 0) {
         pthread_mutex_lock(&P.mu);
-        while (atomic_load(&P.remaining) > 0) pthread_cond_wait(&P.done, &P.mu);
+        while (atomic_load(&P.undone) > 0) pthread_cond_wait(&P.done, &P.mu);
         pthread_mutex_unlock(&P.mu);
     }
 }

@@ -10,9 +10,13 @@
  * them from ggml's own threads.
  *
  * Model: one call at a time (pool_begin takes a process-wide lock, pool_end releases it; other callers wait).
- * Between the two, run() splits [0, n) into nt contiguous ranges (static partition: range i is
- * [n*i/nt, n*(i+1)/nt)) and calls fn(ctx, begin, end, i) once per range, range 0 on the calling thread and
- * the others on persistent workers (started on first need, never per call).  Scratch memory only grows: a
+ * Between the two, run() splits [0, n) into nt contiguous ranges (range i is [n*i/nt, n*(i+1)/nt)), thread
+ * index i owning range i: thread 0 is the caller, the others persistent workers (started on first need, never
+ * per call).  Each thread calls fn(ctx, begin, end, tid) on chunks of its range in order, then on chunks taken
+ * from the end of the others' ranges (work stealing): a worker that wakes late or whose core is busy leaves
+ * its items to the running threads.  So fn may be called several times per thread index, on any sub-range,
+ * and must only use per-thread state through tid; run() returns once every item is computed (a late worker
+ * then finds nothing to do).  Scratch memory only grows: a
  * shared workspace (pool_begin) and one buffer per thread index (thread_scratch), reused by later calls.
  * After fork() the child starts with no workers and a fresh lock (pthread_atfork), so a child process that
  * uses the kernels starts its own workers lazily instead of waiting on threads that do not exist there.
