@@ -82,6 +82,21 @@ def test_every_kernel_and_layout_is_thread_count_invariant(threads):
     assert np.array_equal(back[0], codes)
 
 
+def test_runs_of_different_thread_counts_back_to_back_give_the_same_bits():
+    """Work stealing: a worker that wakes after its run has ended must neither take a later run's items as a
+    thread that run does not have (its scratch would be another size) nor leave any item undone.  Runs of 7, 2
+    and 1 threads alternate with no pause, more threads than this machine has cores."""
+    rng = np.random.default_rng(12)
+    case = make_case(rng, 2, 1024, 512, 128, 16, 128, True, False)  # 16 tiles
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    want_gemm = kernels.gemm(case.blob, x, **case.kw, threads=1)
+    want_gemv = kernels.gemm(case.blob, x[3], **case.kw, threads=1)
+    for i in range(60):
+        threads = (7, 2, 1)[i % 3]
+        assert np.array_equal(kernels.gemm(case.blob, x[3], **case.kw, threads=threads), want_gemv), (i, threads)
+        assert np.array_equal(kernels.gemm(case.blob, x, **case.kw, threads=threads), want_gemm), (i, threads)
+
+
 def test_pool_threads_persist_across_calls():
     rng = np.random.default_rng(2)
     case = make_case(rng, 2, 512, 512, 128, 16, 128, True, False)
