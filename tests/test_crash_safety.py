@@ -326,3 +326,31 @@ def test_a_conversions_own_thread_never_waits_on_a_python_lock(tmp_path, source,
 
     assert run_in_fresh_thread(run, timeout=300) == []
     assert (tmp_path / "out.gguf").stat().st_size > 0
+
+
+def test_an_interrupt_while_a_gguf_header_is_parsed_stays_an_interrupt(tmp_path, monkeypatch):
+    """The CI saw ``unexpected BufferError: cannot close exported pointers exist`` (exit 2) after a SIGTERM:
+    the interrupt hit while a metadata array was a view into the header's memory map, the traceback kept that
+    view alive and closing the map raised over the interrupt.  The interrupt must come out unchanged."""
+    import gguf
+
+    from tmac_convert.format import gguf_file
+
+    path = tmp_path / "arrays.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_array("test.numbers", list(range(100)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    class Interrupted(np.ndarray):
+        def astype(self, *a, **k):  # the signal arrives while the view exists
+            raise KeyboardInterrupt
+
+    real = np.frombuffer
+    monkeypatch.setattr(gguf_file.np, "frombuffer", lambda *a, **k: real(*a, **k).view(Interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        gguf_file.parse_header_uncached(path)
+    monkeypatch.setattr(gguf_file.np, "frombuffer", real)
+    assert [int(x) for x in gguf_file.parse_header_uncached(path).get("test.numbers")] == list(range(100))

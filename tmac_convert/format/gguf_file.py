@@ -330,10 +330,23 @@ def parse_header_uncached(path: str | os.PathLike, *, keys: Callable[[str], bool
             if size < 24:
                 raise TmacError(f"{size} bytes is too short for a GGUF file (a header needs 24)", file=str(p),
                                 rule="header within file")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
                 return _parse(mm, p, size, keys)
+            finally:
+                _close_map(mm)
     except OSError as e:
         raise TmacError(f"cannot read: {e.strerror or e}", file=str(p), rule="readable file") from None
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    """Unmap now if nothing still points into the map.  An exception raised inside ``_parse`` (Ctrl-C or SIGTERM
+    arriving mid-array) keeps that frame's array views alive in its traceback; ``mmap.close`` then raises
+    ``BufferError``, which would replace the interrupt the user sent.  The map is freed with the last view."""
+    try:
+        mm.close()
+    except BufferError:
+        pass
 
 
 def _parse(buf: Any, path: Path, size: int, keys: Callable[[str], bool] | None = None) -> GGUFFile:
