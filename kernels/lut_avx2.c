@@ -131,6 +131,13 @@ static inline AVX2 __m128i ravg_epi8_128(__m128i a, __m128i b) {
     return _mm_xor_si128(_mm_avg_epu8(_mm_xor_si128(a, k80), _mm_xor_si128(b, k80)), k80);
 }
 
+/* w >> 4 in each 16-bit word (the high nibbles in the low four bits of each byte, as _mm256_srli_epi16(w, 4)) by
+ * the unsigned high-half multiply by 2^12: exact, and it runs on the multiplier pipes, which the 1- and 3-bit step
+ * below leaves half idle, instead of the shuffle pipes that its lookups and interleaves fill (on AMD Zen 3 shifts
+ * and byte shuffles share two pipes).  Measured on a Zen 3 EPYC, one tile alternated in a C harness: 3-bit 1.05-1.09x
+ * faster, 1-bit 1.01-1.02x; the 2- and 4-bit step (balanced already) gained nothing from it. */
+static inline AVX2 __m256i high_nibbles_mul(__m256i w) { return _mm256_mulhi_epu16(w, _mm256_set1_epi16(0x1000)); }
+
 /* int8 sums of one sub-group for the 32 rows of a block, as 4 int32 vectors (rows 0-7, ..., 24-31): 1 and 3 bits.
  * wv: the sub-group's first weight vector; tv: its first table; n: tables in the sub-group.
  * Four tables per step: two 32-byte weight vectors (tables j, j+1 and j+2, j+3, one per lane) give lookup vectors
@@ -158,9 +165,9 @@ INLINE_FWD AVX2 void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, _
             }
         }
         const __m256i a0 = _mm256_shuffle_epi8(T[0], _mm256_and_si256(W[0], m4));
-        const __m256i b0 = _mm256_shuffle_epi8(T[0], _mm256_and_si256(_mm256_srli_epi16(W[0], 4), m4));
+        const __m256i b0 = _mm256_shuffle_epi8(T[0], _mm256_and_si256(high_nibbles_mul(W[0]), m4));
         const __m256i a1 = _mm256_shuffle_epi8(T[1], _mm256_and_si256(W[1], m4));
-        const __m256i b1 = _mm256_shuffle_epi8(T[1], _mm256_and_si256(_mm256_srli_epi16(W[1], 4), m4));
+        const __m256i b1 = _mm256_shuffle_epi8(T[1], _mm256_and_si256(high_nibbles_mul(W[1]), m4));
         s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(a0, a1)));
         s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(a0, a1)));
         s2 = _mm256_add_epi16(s2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(b0, b1)));
