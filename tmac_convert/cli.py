@@ -311,8 +311,9 @@ def _kit_dict(r) -> dict[str, Any]:
 
 
 def _kit_summary(r) -> None:
-    typer.echo(f"kit: {r.out_dir} ({r.isa} kit, kernel paths {', '.join(r.kernel_paths)}; {len(r.shapes)} shapes, "
-               f"{r.seconds:.2f} s)")
+    chosen = " (the best one the CPU has, chosen at run time)" if len(r.kernel_paths) > 1 else ""
+    typer.echo(f"kit: {r.out_dir} ({r.isa} kit, kernel paths {', '.join(r.kernel_paths)}{chosen}; {len(r.shapes)} "
+               f"shapes, {r.seconds:.2f} s)")
     for line in r.shapes:
         typer.echo(f"  {line}")
     typer.echo(f"  build T-MAC's llama.cpp fork with -DGGML_TMAC=ON -DTMAC_DIR={r.out_dir}/lib/cmake/t-mac "
