@@ -211,6 +211,15 @@ INLINE_FWD AVX2 void sums_pair(const uint8_t *wv, const int8_t *tv, int64_t n, c
         a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(c12, a));
         b16 = _mm256_add_epi16(b16, _mm256_maddubs_epi16(c12, b));
     }
+    if (BITS == 4 && n <= 16) {
+        /* 4 bits: planes 0,1 (low nibbles) plus 4 times planes 2,3 (high nibbles) combined in int16, before the
+         * lane sum and the widening (5 operations instead of 8).  Exact: a table's pair sum is at most 3 * 128 in
+         * magnitude, so one lane of a + 4b is at most 5 * 3 * 128 * n / 2 and the lane sum 1920 * n <= 30720 for
+         * n <= 16 tables (act group 64 and less).  Measured on a Zen 3 EPYC, one tile alternated in a C harness:
+         * the 4-bit GEMV 1.025-1.03x faster. */
+        comb[0] = _mm256_cvtepi16_epi32(add_lanes_epi16(_mm256_add_epi16(a16, _mm256_slli_epi16(b16, 2))));
+        return;
+    }
     /* tables j (low lane) and j + 1 (high lane) added */
     pair_sums_to_int32(add_lanes_epi16(a16), add_lanes_epi16(b16), BITS, comb);
 }

@@ -152,3 +152,29 @@ def test_threads_none_uses_all_cores_and_agrees():
     x = np.random.default_rng(3).standard_normal((2, 256)).astype(np.float32)
     assert np.array_equal(kernels.gemm(case.blob, x, **case.kw, act_group_size=32),
                           kernels.gemm(case.blob, x, **case.kw, act_group_size=32, threads=1))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("ags", [32, 64, 128])
+def test_integer_sums_at_their_largest_magnitude_are_exact(bits, ags):
+    # Every weight code all ones (or all zeros) and every activation equal: each table entry looked up is +127
+    # (or -127), so every sub-group's integer sums reach the largest magnitude they can have, where a kernel that
+    # combines bit-planes or tables in int16 would overflow first.  kfactor 32 lets act group 128 make sub-groups
+    # of 32 tables.
+    import tmac_convert as tc
+
+    m0, k, gs = 96 if bits == 3 else 64, 512, 128
+    bm = 96 * bits if bits == 3 else 64 * bits
+    rng = np.random.default_rng(ags * 10 + bits)
+    scales = rng.uniform(0.002, 0.03, (m0, k // gs)).astype(np.float16)
+    zeros = (rng.standard_normal((m0, k // gs)) * 0.01).astype(np.float16)
+    for code in (0, (1 << bits) - 1):
+        codes = np.full((m0, k), code, dtype=np.uint8)
+        blob = tc.pack(codes, scales, zeros, bits=bits, bm=bm, kfactor=32)
+        kw = dict(m=m0, k=k, bits=bits, group_size=gs, zero_point=True, bm=bm, kfactor=32, act_group_size=ags)
+        x = np.stack([np.full(k, 0.5, np.float32), np.full(k, -3.0, np.float32)])
+        want = kernels.gemm(blob, x, **kw, path="reference")
+        for path in PATHS:
+            assert np.array_equal(kernels.gemm(blob, x, **kw, path=path), want), (path, code, "row block")
+            for r in range(2):  # one row: the GEMV kernel, whose sums are laid out differently
+                assert np.array_equal(kernels.gemm(blob, x[r:r + 1], **kw, path=path), want[r:r + 1]), (path, code, r)
