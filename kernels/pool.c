@@ -24,18 +24,30 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#include <malloc.h> /* _aligned_malloc */
+#include <windows.h> /* SRWLOCK */
+#endif
 
 #define ALIGN 64
 
+static void aligned_free(void *p) {
+#ifdef _WIN32
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
 static void *aligned_grow(void **buf, size_t *have, size_t want) {
     if (*buf && *have >= want) return *buf;
-    free(*buf);
+    aligned_free(*buf);
     *buf = NULL;
     *have = 0;
     want = (want + ALIGN - 1) / ALIGN * ALIGN;
     if (want == 0) want = ALIGN;
 #ifdef _WIN32
-    *buf = malloc(want);
+    *buf = _aligned_malloc(want, ALIGN);
 #else
     if (posix_memalign(buf, ALIGN, want) != 0) *buf = NULL;
 #endif
@@ -44,15 +56,23 @@ static void *aligned_grow(void **buf, size_t *have, size_t want) {
 }
 
 #ifdef _WIN32
-/* No pthreads here: the same API runs every range on the calling thread, in order. */
+/* No pthreads here: the same API runs every range on the calling thread, in order.  Still one call at a time
+ * (pool.h's model): the callers release the GIL before pool_begin, and two of them would share the buffers. */
+
+static SRWLOCK call_lock = SRWLOCK_INIT;
 
 static void *shared_buf;
 static size_t shared_size;
 static void *scratch_buf[TMAC_POOL_MAX_THREADS];
 static size_t scratch_size[TMAC_POOL_MAX_THREADS];
 
-static void *pool_begin(size_t bytes) { return aligned_grow(&shared_buf, &shared_size, bytes); }
-static void pool_end(void) {}
+static void *pool_begin(size_t bytes) {
+    AcquireSRWLockExclusive(&call_lock);
+    void *p = aligned_grow(&shared_buf, &shared_size, bytes);
+    if (!p) ReleaseSRWLockExclusive(&call_lock);
+    return p;
+}
+static void pool_end(void) { ReleaseSRWLockExclusive(&call_lock); }
 static int pool_workers(void) { return 0; }
 static void *pool_thread_scratch(int tid, size_t bytes) {
     if (tid < 0 || tid >= TMAC_POOL_MAX_THREADS) return NULL;
@@ -111,30 +131,34 @@ typedef struct {
 
 static _Atomic uint64_t sleeps; /* times a worker went to sleep waiting for a job */
 
-/* Range i of the current run: items [front, back) not yet claimed, packed as front | back << 32.  Its owner
+/* Range i of the current run: items [front, back) not yet claimed, packed with the run's tag.  Its owner
  * (thread index i) claims chunks from the front; a thread that has finished its own range claims chunks from
  * the back of the others' (work stealing).  So a worker that wakes late (tens to hundreds of microseconds on a
  * virtual machine) or whose core is taken by another process loses its share to the threads that are running,
  * while in the usual case every thread computes the same items as under a static partition (the same tiles on
  * the same core, call after call). */
 typedef struct {
-    _Atomic uint64_t fb; /* front (20 bits) | back << 20 (20 bits) | the run's tag << 40 (24 bits) */
-    int64_t chunk;       /* units per claim */
+    _Atomic uint64_t fb;    /* front (16 bits) | back << 16 (16 bits) | the run's tag << 32 (32 bits) */
+    _Atomic int64_t chunk;  /* units per claim; relaxed: a value read for another run is never used, since the claim's
+                               compare-and-swap then fails on the tag */
     char pad[64 - sizeof(uint64_t) - sizeof(int64_t)];
 } range_t;
-#define UNITS_MAX ((int64_t)1 << 19) /* a run of more items claims units of several items */
-#define TAG_MASK 0xffffffu
-#define PACK(f, b, tag) ((uint64_t)(f) | ((uint64_t)(b) << 20) | ((uint64_t)(tag) << 40))
-#define FRONT(v) ((int64_t)((v) & 0xfffffu))
-#define BACK(v) ((int64_t)(((v) >> 20) & 0xfffffu))
-#define TAG(v) ((uint64_t)(v) >> 40)
+/* A run of more items claims units of several items.  2^15 units leave the tag 32 bits: a claim could take an
+ * item of another run only if its thread stalled between reading a range and its compare-and-swap for 2^32 runs
+ * (the tag's wrap), hours of back-to-back calls; with 24 bits it was 2^24 runs, minutes. */
+#define UNITS_MAX ((int64_t)1 << 15)
+#define TAG_MASK 0xffffffffu
+#define PACK(f, b, tag) ((uint64_t)(f) | ((uint64_t)(b) << 16) | ((uint64_t)(tag) << 32))
+#define FRONT(v) ((int64_t)((v) & 0xffffu))
+#define BACK(v) ((int64_t)(((v) >> 16) & 0xffffu))
+#define TAG(v) ((uint64_t)(v) >> 32)
 
 static struct {
     pthread_mutex_t call; /* held from begin to end: one call at a time */
     pthread_mutex_t mu;   /* guards the sleeps and wake-ups */
     pthread_cond_t done;
     _Atomic int64_t undone; /* items of the current run not yet computed */
-    _Atomic uint64_t run;   /* the current run: its tag | its range count << 24 (published before its ranges) */
+    _Atomic uint64_t run;   /* the current run: its tag | its range count << 32 (published before its ranges) */
     int64_t n, unit;        /* the current run's items, and items per unit */
     range_t r[TMAC_POOL_MAX_THREADS];
     pool_range_fn fn;
@@ -164,16 +188,16 @@ static void compute(int64_t u0, int64_t u1, int tid) {
 /* Thread tid's share of the current run: its own range from the front, then the others' from the back.  A
  * worker that wakes after its run has ended finds either that run's ranges empty or a later run's, which it
  * serves only if it is one of that run's threads (its scratch is sized for it); a claim is a compare-and-swap
- * that also checks the run's tag, so no item of another run is ever taken. */
+ * that also checks the run's tag, so no item of another run is taken (short of the tag's wrap: see UNITS_MAX). */
 static void serve(int tid) {
     const uint64_t run = atomic_load(&P.run), tag = run & TAG_MASK;
-    const int nt = (int)(run >> 24);
+    const int nt = (int)(run >> 32);
     if (tid >= nt) return;
     for (int d = 0; d < nt; ++d) {
         range_t *r = &P.r[(tid + d) % nt];
         uint64_t v = atomic_load(&r->fb);
         while (TAG(v) == tag && FRONT(v) < BACK(v)) {
-            const int64_t f = FRONT(v), b = BACK(v), c = r->chunk;
+            const int64_t f = FRONT(v), b = BACK(v), c = atomic_load_explicit(&r->chunk, memory_order_relaxed);
             /* the owner takes from the front, the others from the back */
             const int64_t lo = d ? (b - c > f ? b - c : f) : f, hi = d ? b : (f + c < b ? f + c : b);
             if (atomic_compare_exchange_weak(&r->fb, &v, d ? PACK(f, lo, tag) : PACK(hi, b, tag))) {
@@ -280,10 +304,10 @@ static void pool_run(int nt, int64_t n, pool_range_fn fn, void *ctx) {
     P.unit = (n + UNITS_MAX - 1) / UNITS_MAX;
     const int64_t units = (n + P.unit - 1) / P.unit;
     atomic_store(&P.undone, n);
-    atomic_store(&P.run, tag | (uint64_t)nt << 24);
+    atomic_store(&P.run, tag | (uint64_t)nt << 32);
     for (int i = 0; i < nt; ++i) {
         const int64_t f = units * i / nt, b = units * (i + 1) / nt;
-        P.r[i].chunk = (b - f + 7) / 8; /* about eight claims per range */
+        atomic_store_explicit(&P.r[i].chunk, (b - f + 7) / 8, memory_order_relaxed); /* about eight claims per range */
         atomic_store(&P.r[i].fb, PACK(f, b, tag));
     }
     const uint64_t start = now_ns();
