@@ -163,7 +163,7 @@ static struct {
     range_t r[TMAC_POOL_MAX_THREADS];
     pool_range_fn fn;
     void *ctx;
-    int nworkers;          /* worker i serves thread index i + 1 */
+    _Atomic int nworkers;  /* worker i serves thread index i + 1 (atomic: pool_workers reads it outside the lock) */
     worker w[TMAC_POOL_MAX_THREADS];
     void *shared;
     size_t shared_size;
@@ -234,13 +234,21 @@ static void *worker_main(void *arg) {
 }
 
 /* fork(): the child has only the forking thread.  The prepare handler takes the call lock, so the child
- * never inherits a pool in the middle of a call; the child then forgets its (absent) workers and re-creates
- * its locks.  Scratch buffers stay: their memory was copied into the child. */
-static void atfork_prepare(void) { pthread_mutex_lock(&P.call); }
-static void atfork_parent(void) { pthread_mutex_unlock(&P.call); }
+ * never inherits a pool in the middle of a call, and then the sleep lock, so that no worker holds it at the
+ * fork (a worker takes it to go to sleep); the child releases both (the forking thread holds them), forgets its
+ * (absent) workers and re-creates the completion condition.  Scratch buffers stay: their memory was copied into
+ * the child. */
+static void atfork_prepare(void) {
+    pthread_mutex_lock(&P.call);
+    pthread_mutex_lock(&P.mu);
+}
+static void atfork_parent(void) {
+    pthread_mutex_unlock(&P.mu);
+    pthread_mutex_unlock(&P.call);
+}
 static void atfork_child(void) {
-    pthread_mutex_init(&P.call, NULL);
-    pthread_mutex_init(&P.mu, NULL);
+    pthread_mutex_unlock(&P.mu);
+    pthread_mutex_unlock(&P.call);
     pthread_cond_init(&P.done, NULL);
     P.nworkers = 0;
     atomic_store(&P.undone, 0);
