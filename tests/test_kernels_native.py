@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tmac_convert as tc
 from tmac_convert import kernels
 from tmac_convert.errors import TmacError
 from tmac_convert.kernels import _native, reference
@@ -161,8 +162,6 @@ def test_integer_sums_at_their_largest_magnitude_are_exact(bits, ags):
     # (or -127), so every sub-group's integer sums reach the largest magnitude they can have, where a kernel that
     # combines bit-planes or tables in int16 would overflow first.  kfactor 32 lets act group 128 make sub-groups
     # of 32 tables.
-    import tmac_convert as tc
-
     m0, k, gs = 96 if bits == 3 else 64, 512, 128
     bm = 96 * bits if bits == 3 else 64 * bits
     rng = np.random.default_rng(ags * 10 + bits)
