@@ -24,7 +24,8 @@ Every figure is printed next to a streaming-read probe over the same working set
 ggml's Q2_K, TQ2_0 and Q4_0 measured the same way in the same run (one weight used by several MUL_MAT nodes of
 one graph, or one node per distinct weight copy), then the GEMM N = 256 against ggml Q2_K and numpy float32
 BLAS at the same threads.  Kernels compared in one block are timed round-robin (each once per round, the
-fastest round kept), so that load from other processes hits them alike.  The issue's bars are printed with
+fastest round kept), so that load from other processes hits them alike; each timed call follows a 30 ms pause
+(the other libraries' threads spin for about 10 ms after a call) and one untimed call of the same kernel.  The issue's bars are printed with
 PASS/FAIL.
 
 Where ``llama_cpp`` (llama-cpp-python) imports, llama.cpp's own Q2_K, TQ2_0, Q4_0 and F16 matrix products
@@ -203,13 +204,23 @@ def ggml_or_note():
                       f"{GGML_NOTES}.")
 
 
-def round_robin(runs: dict, rounds: int) -> dict:
-    """Fastest time of each callable over ``rounds`` rounds, each round calling every one once in turn."""
+SETTLE_S = 0.03  # pause before each timed sample: longer than ggml's and OpenBLAS's threads spin after a call
+
+
+def round_robin(runs: dict, rounds: int, settle_s: float = SETTLE_S) -> dict:
+    """Fastest time of each callable over ``rounds`` rounds, each round calling every one once in turn.
+
+    Each timed call follows a pause of ``settle_s`` and one untimed call of the same callable.  The pause: after a
+    graph, ggml's OpenMP threads spin for about 10 ms (measured on the 2-core EPYC VM: 8-12 ms of CPU time in the
+    first 20 ms of a sleep after a 2-thread graph), and a kernel timed in that window shares its cores with them
+    (2-thread LUT GEMV 550 us timed right after ggml against 437 us alone).  The untimed call: each kernel's own
+    threads are then awake and spinning, as in back-to-back decoding, whichever kernel ran before it.
+    """
     best = {name: float("inf") for name in runs}
-    for fn in runs.values():
-        fn()
     for _ in range(rounds):
         for name, fn in runs.items():
+            time.sleep(settle_s)
+            fn()
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
