@@ -25,8 +25,8 @@ ggml's Q2_K, TQ2_0 and Q4_0 measured the same way in the same run (one weight us
 one graph, or one node per distinct weight copy), then the GEMM N = 256 against ggml Q2_K and numpy float32
 BLAS at the same threads.  Kernels compared in one block are timed round-robin (each once per round, the
 fastest round kept), so that load from other processes hits them alike; each timed call follows a 30 ms pause
-(the other libraries' threads spin for about 10 ms after a call) and one untimed call of the same kernel.  The issue's bars are printed with
-PASS/FAIL.
+(ggml's threads spin for about 10 ms after a graph) and one untimed call of the same kernel.  The issue's bars
+are printed with PASS/FAIL.
 
 Where ``llama_cpp`` (llama-cpp-python) imports, llama.cpp's own Q2_K, TQ2_0, Q4_0 and F16 matrix products
 are timed in-process through ctypes on the ggml libraries it ships (``ggml_mul_mat`` on the CPU backend, the
@@ -204,7 +204,7 @@ def ggml_or_note():
                       f"{GGML_NOTES}.")
 
 
-SETTLE_S = 0.03  # pause before each timed sample: longer than ggml's and OpenBLAS's threads spin after a call
+SETTLE_S = 0.03  # pause before each timed sample: longer than ggml's OpenMP threads spin after a graph
 
 
 def round_robin(runs: dict, rounds: int, settle_s: float = SETTLE_S) -> dict:
