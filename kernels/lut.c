@@ -97,7 +97,7 @@ static const kernel_traits AVX2_TRAITS = {lut_build_avx2, lut_tile_avx2, lut_til
 static const kernel_traits AVX512_TRAITS = {lut_build_avx512, lut_tile_avx512, lut_tile_rows_avx512, X86_BASELINE};
 #endif
 #ifdef TMAC_HAVE_NEON
-static const kernel_traits NEON_TRAITS = {lut_build_scalar, lut_tile_neon, lut_tile_rows_neon, dq_tile_scalar,
+static const kernel_traits NEON_TRAITS = {lut_build_neon, lut_tile_neon, lut_tile_rows_neon, dq_tile_scalar,
                                           ref_rows_scalar};
 #endif
 

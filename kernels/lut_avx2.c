@@ -60,61 +60,116 @@
 /* ---------------------------------------------------------------------------------------------
  * LUT build.  int8 mode only (float tables are an exact-check mode and use the scalar builder). */
 
+/* Eight tables' activations (32 floats from x) transposed in each 128-bit lane: q[i] holds activation i of tables
+ * 0, 2, 4, 6 (low lane) and 1, 3, 5, 7 (high lane).  That order is the one in which a lane-wise unpack of two
+ * byte vectors gives tables t | t+1, i.e. 32 contiguous bytes of the output. */
+static inline AVX2 void load_quads8(const float *x, __m256 q[4]) {
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16),
+                 v3 = _mm256_loadu_ps(x + 24);
+    const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpacklo_ps(v2, v3);
+    const __m256 t2 = _mm256_unpackhi_ps(v0, v1), t3 = _mm256_unpackhi_ps(v2, v3);
+    q[0] = _mm256_shuffle_ps(t0, t1, 0x44), q[1] = _mm256_shuffle_ps(t0, t1, 0xEE);
+    q[2] = _mm256_shuffle_ps(t2, t3, 0x44), q[3] = _mm256_shuffle_ps(t2, t3, 0xEE);
+}
+
+/* The largest of the 8 lanes (all are >= +0 and not NaN for finite input, so the order does not matter). */
+static inline AVX2 float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* LUT biases of 8 consecutive bias groups at once (lut_biases' loop with one group per lane): group u's tables
+ * start at x + u*bias_group; each lane runs its group's sequential chain b = b - (((q0 + q1) + q2) + q3). */
+static inline AVX2 void biases8(const float *x, int64_t bias_group, float *lbias) {
+    __m256 b = _mm256_setzero_ps();
+    for (int64_t j = 0; j < bias_group / 4; ++j) {
+        const float *q = x + 4 * j;
+        /* lanes: groups 0|4, 1|5, 2|6, 3|7, then transposed so that lane u of s is group u */
+        const __m256 v0 = _mm256_loadu2_m128(q + 4 * bias_group, q), v1 = _mm256_loadu2_m128(q + 5 * bias_group, q + bias_group);
+        const __m256 v2 = _mm256_loadu2_m128(q + 6 * bias_group, q + 2 * bias_group),
+                     v3 = _mm256_loadu2_m128(q + 7 * bias_group, q + 3 * bias_group);
+        const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpacklo_ps(v2, v3);
+        const __m256 t2 = _mm256_unpackhi_ps(v0, v1), t3 = _mm256_unpackhi_ps(v2, v3);
+        const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_shuffle_ps(t0, t1, 0x44),
+                                                                   _mm256_shuffle_ps(t0, t1, 0xEE)),
+                                                     _mm256_shuffle_ps(t2, t3, 0x44)),
+                                       _mm256_shuffle_ps(t2, t3, 0xEE));
+        b = _mm256_sub_ps(b, s);
+    }
+    _mm256_storeu_ps(lbias, b);
+}
+
+/* Eight tables (x: their 32 activations, t: their 8*16 bytes) quantised with the reciprocal scale vr.  The odd
+ * entries c = 2c'+1 are ((x0 +- x1) +- x2) +- x3 with + where bit 0, 1, 2 of c' is set; the prefixes are shared
+ * (14 additions for 64 entries), each entry rounded exactly as in the per-table code. */
+static inline AVX2 void tables8(const float *x, __m256 vr, int8_t *t) {
+    __m256 q[4];
+    load_quads8(x, q);
+    const __m256 a0 = _mm256_sub_ps(q[0], q[1]), a1 = _mm256_add_ps(q[0], q[1]);
+    const __m256 b0 = _mm256_sub_ps(a0, q[2]), b1 = _mm256_sub_ps(a1, q[2]);
+    const __m256 b2 = _mm256_add_ps(a0, q[2]), b3 = _mm256_add_ps(a1, q[2]);
+#define QE(v) _mm256_cvtps_epi32(_mm256_mul_ps(v, vr)) /* rint (MXCSR default: half to even) */
+    const __m256i e0 = QE(_mm256_sub_ps(b0, q[3])), e1 = QE(_mm256_sub_ps(b1, q[3]));
+    const __m256i e2 = QE(_mm256_sub_ps(b2, q[3])), e3 = QE(_mm256_sub_ps(b3, q[3]));
+    const __m256i e4 = QE(_mm256_add_ps(b0, q[3])), e5 = QE(_mm256_add_ps(b1, q[3]));
+    const __m256i e6 = QE(_mm256_add_ps(b2, q[3])), e7 = QE(_mm256_add_ps(b3, q[3]));
+#undef QE
+    /* saturate to int8; per lane, byte 4c'+i of lo (c' < 4) or hi (c' >= 4) is entry c' of the lane's table i */
+    const __m256i lo = _mm256_packs_epi16(_mm256_packs_epi32(e0, e1), _mm256_packs_epi32(e2, e3));
+    const __m256i hi = _mm256_packs_epi16(_mm256_packs_epi32(e4, e5), _mm256_packs_epi32(e6, e7));
+    const __m256i by_table = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                              0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i lt = _mm256_shuffle_epi8(lo, by_table), ht = _mm256_shuffle_epi8(hi, by_table);
+    /* the 8 odd entries of tables 0, 2 | 1, 3 and of 4, 6 | 5, 7 */
+    const __m256i oa = _mm256_unpacklo_epi32(lt, ht), ob = _mm256_unpackhi_epi32(lt, ht);
+    /* entry 2i = -odd[7-i] (the mirror, negated after saturation as in the per-table code), entry 2i+1 = odd[i] */
+    const __m256i rev = _mm256_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8,
+                                         7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
+    const __m256i na = _mm256_shuffle_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), oa), rev);
+    const __m256i nb = _mm256_shuffle_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ob), rev);
+    _mm256_storeu_si256((__m256i *)t, _mm256_unpacklo_epi8(na, oa));        /* tables 0 | 1 */
+    _mm256_storeu_si256((__m256i *)(t + 32), _mm256_unpackhi_epi8(na, oa)); /* tables 2 | 3 */
+    _mm256_storeu_si256((__m256i *)(t + 64), _mm256_unpacklo_epi8(nb, ob)); /* tables 4 | 5 */
+    _mm256_storeu_si256((__m256i *)(t + 96), _mm256_unpackhi_epi8(nb, ob)); /* tables 6 | 7 */
+}
+
+/* The int8 build eight tables at a time, in three passes: the biases (eight bias groups per vector), every act
+ * group's scale, then the tables.  Separate passes let the scales' divisions overlap the table arithmetic
+ * instead of stalling it once per act group.  Measured on the EPYC (K = 14336, act group 64, C harness, alternated
+ * with the per-table build it replaces: 4 broadcasts, 3 sign flips and 3 additions per table, the scale computed
+ * between each act group's tables): 2.5x faster (5.6-7.2 us against 14.2-18.1), of which the biases, a scalar
+ * chain before, 1 us against 5.  It needs act groups of whole multiples of 8 tables: a whole-K act group with K
+ * not a multiple of 32 (only for kfactor < 8) takes the scalar build. */
 AVX2 void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
                          float *lscale, float *lbias) {
-    if (mode != LUT_INT8) {
+    if (mode != LUT_INT8 || ags % 32) {
         lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
         return;
     }
-    /* Biases and scales: scalar and sequential (the bias order is part of the result). */
-    lut_biases(x, k, bias_group, lbias);
-    /* Signs of x1, x2, x3 in the 8 odd entries c = 2c'+1: minus where bit t-1 of c' is clear. */
-    const __m256 neg1 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0));
-    const __m256 neg2 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN, 0, 0));
-    const __m256 neg3 = _mm256_castsi256_ps(_mm256_setr_epi32(INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, 0, 0, 0, 0));
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m128i reverse8 = _mm_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 8, 9, 10, 11, 12, 13, 14, 15);
     int8_t *t = (int8_t *)table;
-    for (int64_t g = 0; g < k / ags; ++g) {
-        const int64_t j0 = g * ags / 4, j1 = (g + 1) * ags / 4;
-        /* amax over the group: 2 tables per vector, |x| summed in the reference's order */
+    const int64_t nbias = k / bias_group, nag = k / ags;
+    int64_t g = 0;
+    for (; g + 8 <= nbias; g += 8) biases8(x + g * bias_group, bias_group, lbias + g);
+    if (g < nbias) lut_biases(x + g * bias_group, k - g * bias_group, bias_group, lbias + g);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (g = 0; g < nag; ++g) {
         __m256 vmax = _mm256_setzero_ps();
-        int64_t j = j0;
-        for (; j + 2 <= j1; j += 2) {
-            const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 4 * j), absmask); /* a0..a3 | b0..b3 */
-            const __m256 s01 = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));    /* lane0: a0+a1 */
-            const __m256 s2 = _mm256_add_ps(s01, _mm256_permute_ps(a, 0xAA));   /* lane0: +a2 */
-            const __m256 s3 = _mm256_add_ps(s2, _mm256_permute_ps(a, 0xFF));    /* lane0: +a3 */
-            vmax = _mm256_max_ps(vmax, s3); /* element 0 of each 128-bit lane is a table's sum */
+        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 8) {
+            __m256 q[4];
+            load_quads8(x + 4 * j, q);
+            const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_and_ps(q[0], absmask),
+                                                                       _mm256_and_ps(q[1], absmask)),
+                                                         _mm256_and_ps(q[2], absmask)),
+                                           _mm256_and_ps(q[3], absmask));
+            vmax = _mm256_max_ps(vmax, a);
         }
-        float m8[8], amax = 0.0f;
-        _mm256_storeu_ps(m8, vmax);
-        amax = m8[0] > m8[4] ? m8[0] : m8[4];
-        for (; j < j1; ++j) {
-            const float *q = x + 4 * j;
-            const float a = ((__builtin_fabsf(q[0]) + __builtin_fabsf(q[1])) + __builtin_fabsf(q[2])) +
-                            __builtin_fabsf(q[3]);
-            if (a > amax) amax = a;
-        }
-        const float scale = amax / 127.0f;
-        const float r = lut_reciprocal(scale);
-        lscale[g] = scale;
-        const __m256 vr = _mm256_set1_ps(r);
-        for (j = j0; j < j1; ++j) {
-            const float *q = x + 4 * j;
-            /* 8 odd entries at once: ((x0 +- x1) +- x2) +- x3; a sign flip by xor is exact */
-            __m256 v = _mm256_broadcast_ss(q);
-            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 1), neg1));
-            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 2), neg2));
-            v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_broadcast_ss(q + 3), neg3));
-            /* rint (the MXCSR default rounds half to even), then saturate to int8 */
-            const __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(v, vr));
-            const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
-            const __m128i q8 = _mm_packs_epi16(q16, q16);                   /* bytes 0..7: odd entries */
-            const __m128i neg = _mm_shuffle_epi8(_mm_sub_epi8(_mm_setzero_si128(), q8), reverse8);
-            /* interleave: entry 2i = -odd[7-i] (mirror), entry 2i+1 = odd[i] */
-            _mm_storeu_si128((__m128i *)(t + 16 * j), _mm_unpacklo_epi8(neg, q8));
-        }
+        lscale[g] = hmax8(vmax) / 127.0f;
+    }
+    for (g = 0; g < nag; ++g) {
+        const __m256 vr = _mm256_set1_ps(lut_reciprocal(lscale[g]));
+        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 8) tables8(x + 4 * j, vr, t + 16 * j);
     }
 }
 

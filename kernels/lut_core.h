@@ -146,6 +146,8 @@ void lut_tile_rows_avx512(const lut_problem *p, const uint8_t *w, const float *s
 
 #if defined(__ARM_NEON) && defined(__aarch64__)
 #define TMAC_HAVE_NEON 1
+void lut_build_neon(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table, float *lscale,
+                    float *lbias);
 void lut_tile_neon(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *row, float *C,
                    float *y);
 void lut_tile_rows_neon(const lut_problem *p, const uint8_t *w, const float *s, const lut_row *rows,

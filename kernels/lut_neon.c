@@ -7,7 +7,10 @@
  * rounding-halving add, in the same pairing tree as the reference.  Each output's bit-planes are then
  * combined in int32 and the float stage repeats the reference's operations in its order, per output:
  * vfmaq_f32 where the reference fuses a multiply-add, separate operations nowhere else.
- * The table build is the scalar one: it is a small part of the work.
+ * The table build (lut_build_neon) takes four tables per vector: vld4q_f32 de-interleaves their activations, so that
+ * each odd entry of the four tables is a vector expression, rounded with vcvtnq (to nearest, ties to even, as rintf),
+ * saturated by two narrowing moves and put in table order by one four-register lookup per table.  T-MAC's fork runs
+ * the build on one thread before the tiles' threads start, so on many cores it is not a small part of a GEMV.
  */
 #include "lut_core.h"
 
@@ -15,6 +18,82 @@
 
 #include <arm_neon.h>
 #include <string.h>
+
+/* ---------------------------------------------------------------------------------------------
+ * LUT build (int8 tables; float tables and act groups of other than whole multiples of 4 tables take the scalar
+ * build).  Every value is computed with the scalar build's operations in its order. */
+
+/* LUT biases of 4 consecutive bias groups at once, one group per lane, each lane its group's sequential chain
+ * b = b - (((q0 + q1) + q2) + q3) (lut_biases). */
+static inline void biases4(const float *x, int64_t bias_group, float *lbias) {
+    float32x4_t b = vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < bias_group / 4; ++j) {
+        const float *q = x + 4 * j;
+        const float32x4x2_t t01 = vtrnq_f32(vld1q_f32(q), vld1q_f32(q + bias_group));
+        const float32x4x2_t t23 = vtrnq_f32(vld1q_f32(q + 2 * bias_group), vld1q_f32(q + 3 * bias_group));
+        const float32x4_t q0 = vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0]));
+        const float32x4_t q1 = vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1]));
+        const float32x4_t q2 = vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0]));
+        const float32x4_t q3 = vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1]));
+        b = vsubq_f32(b, vaddq_f32(vaddq_f32(vaddq_f32(q0, q1), q2), q3));
+    }
+    vst1q_f32(lbias, b);
+}
+
+/* Four tables (x: their 16 activations, t: their 4*16 bytes) quantised with the reciprocal scale r.  The odd
+ * entries c = 2c'+1 are ((x0 +- x1) +- x2) +- x3 with + where bit 0, 1, 2 of c' is set, the prefixes shared. */
+static inline void tables4(const float *x, float32x4_t r, int8_t *t) {
+    const float32x4x4_t q = vld4q_f32(x); /* q.val[i]: activation i of tables 0..3 */
+    const float32x4_t a0 = vsubq_f32(q.val[0], q.val[1]), a1 = vaddq_f32(q.val[0], q.val[1]);
+    const float32x4_t b0 = vsubq_f32(a0, q.val[2]), b1 = vsubq_f32(a1, q.val[2]);
+    const float32x4_t b2 = vaddq_f32(a0, q.val[2]), b3 = vaddq_f32(a1, q.val[2]);
+#define QE(v) vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(v, r))) /* rint, then saturated to int16 */
+    const int16x8_t e01 = vcombine_s16(QE(vsubq_f32(b0, q.val[3])), QE(vsubq_f32(b1, q.val[3])));
+    const int16x8_t e23 = vcombine_s16(QE(vsubq_f32(b2, q.val[3])), QE(vsubq_f32(b3, q.val[3])));
+    const int16x8_t e45 = vcombine_s16(QE(vaddq_f32(b0, q.val[3])), QE(vaddq_f32(b1, q.val[3])));
+    const int16x8_t e67 = vcombine_s16(QE(vaddq_f32(b2, q.val[3])), QE(vaddq_f32(b3, q.val[3])));
+#undef QE
+    /* byte 4c'+i of the 32 bytes {lo, hi}: entry c' of table i, saturated to int8; then their negations (wrapping,
+     * as the scalar build negates after saturating) */
+    int8x16x4_t e;
+    e.val[0] = vcombine_s8(vqmovn_s16(e01), vqmovn_s16(e23));
+    e.val[1] = vcombine_s8(vqmovn_s16(e45), vqmovn_s16(e67));
+    e.val[2] = vnegq_s8(e.val[0]);
+    e.val[3] = vnegq_s8(e.val[1]);
+    /* table i: entry 2c'+1 = odd[c'] (byte 4c'+i), entry 2c' = -odd[7-c'] (byte 32 + 4(7-c')+i) */
+    static const uint8_t order[16] = {60, 0, 56, 4, 52, 8, 48, 12, 44, 16, 40, 20, 36, 24, 32, 28};
+    const uint8x16_t idx = vld1q_u8(order);
+    for (int i = 0; i < 4; ++i)
+        vst1q_s8(t + 16 * i, vqtbl4q_s8(e, vaddq_u8(idx, vdupq_n_u8((uint8_t)i))));
+}
+
+void lut_build_neon(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table, float *lscale,
+                    float *lbias) {
+    if (mode != LUT_INT8 || ags % 16) {
+        lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
+        return;
+    }
+    int8_t *t = (int8_t *)table;
+    const int64_t nbias = k / bias_group, nag = k / ags;
+    int64_t g = 0;
+    for (; g + 4 <= nbias; g += 4) biases4(x + g * bias_group, bias_group, lbias + g);
+    if (g < nbias) lut_biases(x + g * bias_group, k - g * bias_group, bias_group, lbias + g);
+    /* every act group's scale first, so that its divisions overlap the tables' arithmetic */
+    for (g = 0; g < nag; ++g) {
+        float32x4_t vmax = vdupq_n_f32(0.0f);
+        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 4) {
+            const float32x4x4_t q = vld4q_f32(x + 4 * j);
+            const float32x4_t a = vaddq_f32(vaddq_f32(vaddq_f32(vabsq_f32(q.val[0]), vabsq_f32(q.val[1])),
+                                                      vabsq_f32(q.val[2])), vabsq_f32(q.val[3]));
+            vmax = vmaxq_f32(vmax, a);
+        }
+        lscale[g] = vmaxvq_f32(vmax) / 127.0f; /* all lanes >= +0: the order of the maxima does not matter */
+    }
+    for (g = 0; g < nag; ++g) {
+        const float32x4_t r = vdupq_n_f32(lut_reciprocal(lscale[g]));
+        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 4) tables4(x + 4 * j, r, t + 16 * j);
+    }
+}
 
 /* Row sums of one sub-group of n tables for the 32 rows of a block, in int16: s[q] = rows 8q..8q+7. */
 static inline void sums_int8(const uint8_t *wv, const int8_t *tv, int64_t n, int16x8_t s[4]) {

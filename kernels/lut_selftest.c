@@ -11,7 +11,7 @@
  * over bits 1-4, zero points, per-tensor scales, kfactor 8/16/32, act groups 32/64/K, then odd sub-group
  * sizes (1-6, 10, 12, 20 tables), kfactor 2/4/64 and the largest sub-group (128 tables); int8, float and
  * fast-aggregation tables, one row (lut_tile_*) and a block of 3 rows (lut_tile_rows_*); every output must
- * equal the scalar kernel's bit for bit.
+ * equal the scalar kernel's bit for bit.  First, each path's int8 table build against the scalar build (check_build).
  * Prints "OK <cases> <path>" per path and exits 0, or the first mismatch and "FAIL <path>" and exits 1.
  */
 #include <stdio.h>
@@ -102,11 +102,52 @@ static int run_case(lut_tile_fn simd, lut_tile_rows_fn simd_rows, int bits, int6
     return bad;
 }
 
+typedef void (*build_fn)(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
+                         float *lscale, float *lbias);
+
 typedef struct {
     const char *name;
     lut_tile_fn tile;
     lut_tile_rows_fn rows;
+    build_fn build;
 } simd_path;
+
+/* The path's table build against the scalar one, byte for byte (tables, scales, biases): act groups of 32, 64 and
+ * 128 and the whole K, bias groups of 4 actk for kfactor 1-32 (bias-group counts that are and are not multiples of
+ * the vector width), K = 100 (a whole-K group of no whole number of vectors); random activations, halfway cases of
+ * the rounding (integers, scale 2) and an act group of zeros.  The number of cases, or -1 at the first mismatch. */
+static int check_build(build_fn build) {
+    static const int64_t ks[] = {100, 256, 1056, 2048}, kfs[] = {1, 8, 16, 32}, agss[] = {32, 64, 128, 0};
+    int cases = 0;
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ++ki)
+        for (size_t fi = 0; fi < sizeof kfs / sizeof kfs[0]; ++fi)
+            for (size_t ai = 0; ai < sizeof agss / sizeof agss[0]; ++ai)
+                for (int kind = 0; kind < 3; ++kind) {
+                    const int64_t k = ks[ki], kf = kfs[fi], ags = agss[ai] ? agss[ai] : k;
+                    if (k % (4 * kf) || k % ags || (ags != k && (4 * kf) % ags)) continue;
+                    const int64_t bg = 4 * (ags / 4 < kf ? ags / 4 : kf);
+                    float *x = malloc(k * sizeof(float));
+                    for (int64_t i = 0; i < k; ++i)
+                        x[i] = kind == 1 ? (float)((int)(rnd() % 81) - 40) : 3.0f * frand();
+                    if (kind == 1) /* one table (127, 127, 0, 0) per act group: scale 2, odd sums on halves */
+                        for (int64_t g = 0; g < k; g += ags) x[g] = x[g + 1] = 127.0f, x[g + 2] = x[g + 3] = 0.0f;
+                    if (kind == 2) memset(x + (k / ags / 2) * ags, 0, ags * sizeof(float));
+                    int8_t *t0 = malloc(k * 4), *t1 = malloc(k * 4);
+                    float *s0 = malloc(k / ags * sizeof(float)), *s1 = malloc(k / ags * sizeof(float));
+                    float *b0 = malloc(k / bg * sizeof(float)), *b1 = malloc(k / bg * sizeof(float));
+                    lut_build_scalar(x, k, ags, bg, LUT_INT8, t0, s0, b0);
+                    build(x, k, ags, bg, LUT_INT8, t1, s1, b1);
+                    const int bad = memcmp(t0, t1, k * 4) || memcmp(s0, s1, k / ags * sizeof(float)) ||
+                                    memcmp(b0, b1, k / bg * sizeof(float));
+                    if (bad)
+                        printf("MISMATCH (build) k %lld ags %lld bias group %lld kind %d\n", (long long)k,
+                               (long long)ags, (long long)bg, kind);
+                    free(x), free(t0), free(t1), free(s0), free(s1), free(b0), free(b1);
+                    if (bad) return -1;
+                    ++cases;
+                }
+    return cases;
+}
 
 /* Sub-group sizes besides 8/16/32 (remainders of the SIMD widths, the generic code) and chunks wider than the
  * row block's limit, up to the largest sub-group the int16 sums admit (128 tables). */
@@ -167,11 +208,11 @@ int main(void) {
     simd_path paths[2];
     int n = 0;
 #if defined(TMAC_HAVE_NEON)
-    paths[n++] = (simd_path){"neon", lut_tile_neon, lut_tile_rows_neon};
+    paths[n++] = (simd_path){"neon", lut_tile_neon, lut_tile_rows_neon, lut_build_neon};
 #elif defined(TMAC_HAVE_AVX2)
     __builtin_cpu_init();
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) paths[n++] = (simd_path){"avx2", lut_tile_avx2, lut_tile_rows_avx2};
+    if (avx2) paths[n++] = (simd_path){"avx2", lut_tile_avx2, lut_tile_rows_avx2, lut_build_avx2};
 #endif
     /* AVX-512 when the build includes lut_avx512.c (TMAC_SELFTEST_AVX512): natively on CPUs with AVX-512 F/BW/VL,
      * or on any CPU with the intrinsics emulated by SIMDe (TMAC_AVX512_SIMDE); its fallbacks (float tables, fast
@@ -181,11 +222,11 @@ int main(void) {
 #if defined(TMAC_HAVE_AVX2)
     if (avx2)
 #endif
-        paths[n++] = (simd_path){"avx512 (SIMDe)", lut_tile_avx512, lut_tile_rows_avx512};
+        paths[n++] = (simd_path){"avx512 (SIMDe)", lut_tile_avx512, lut_tile_rows_avx512, lut_build_avx512};
 #else
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
-        paths[n++] = (simd_path){"avx512", lut_tile_avx512, lut_tile_rows_avx512};
+        paths[n++] = (simd_path){"avx512", lut_tile_avx512, lut_tile_rows_avx512, lut_build_avx512};
 #endif
 #endif
     if (n == 0) {
@@ -193,12 +234,12 @@ int main(void) {
         return 0;
     }
     for (int i = 0; i < n; ++i) {
-        const int cases = run_path(&paths[i]);
+        const int builds = check_build(paths[i].build), cases = builds < 0 ? -1 : run_path(&paths[i]);
         if (cases < 0) {
             printf("FAIL %s\n", paths[i].name);
             return 1;
         }
-        printf("OK %d %s\n", cases, paths[i].name);
+        printf("OK %d %s (and %d table builds)\n", cases, paths[i].name, builds);
         fflush(stdout);
     }
     return 0;

@@ -54,3 +54,4 @@ def test_avx512_path_equals_scalar_emulated_by_simde(tmp_path):
     assert any(line.startswith("OK ") and line.split()[2] == "avx512" for line in lines), run.stdout
     counts = {int(line.split()[1]) for line in lines if line.startswith("OK ")}
     assert counts == {700}, run.stdout  # every path ran every case
+    assert all(line.endswith("(and 72 table builds)") for line in lines if line.startswith("OK ")), run.stdout

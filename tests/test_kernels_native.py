@@ -74,15 +74,38 @@ def test_native_meets_the_float64_bars(path):
         assert nmse(kernels.gemm(case.blob, x, **case.kw, lut="int8", path=path), ref) < 3e-4
 
 
-@given(seed=st.integers(0, 2**32 - 1), ags=st.sampled_from([32, 64, 256]), lut=st.sampled_from(["int8", "float"]),
-       scale=st.sampled_from([1e-40, 1e-20, 1.0, 1e20]))
-def test_native_tables_equal_reference_tables(seed, ags, lut, scale):
-    x = (np.random.default_rng(seed).standard_normal((2, 256)) * scale).astype(np.float32)
-    want = reference.build_lut(x, ags, 32, lut)
+# (K, kfactor, act group) triples the kernels admit: K % (4 kfactor) == 0, and an act group of a multiple of 32
+# that divides K and 4 kfactor, or the whole K
+BUILD_SHAPES = [(k, kf, ags) for k in (100, 256, 1056, 2048) for kf in (1, 8, 16, 32) if k % (4 * kf) == 0
+                for ags in (32, 64, 128, k) if k % ags == 0 and (ags == k or (ags % 32 == 0 and (4 * kf) % ags == 0))]
+
+
+@settings(max_examples=200)  # cheap examples, many combinations
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(BUILD_SHAPES), lut=st.sampled_from(["int8", "float"]),
+       scale=st.sampled_from([1e-40, 1e-20, 1.0, 1e20]), kind=st.sampled_from(["normal", "ties", "zero group"]))
+def test_native_tables_equal_reference_tables(seed, shape, lut, scale, kind):
+    """Every path's tables, scales and biases equal the reference's, for the act and bias groups the kernels admit
+    (bias group 4*min(ags/4, kfactor)): bias group counts that are and are not multiples of 8, a whole-K act group
+    that is not a multiple of 32 activations (K = 100, kfactor 1), halfway cases of the rounding, and act groups
+    of zeros."""
+    k, kfactor, ags = shape
+    bias_group = 4 * min(ags // 4, kfactor)
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        # integers, and in every act group one table (127, 127, 0, 0): scale 254/127 = 2, so the odd sums land on
+        # halves of the quantisation step and the half-to-even rounding decides them
+        x = rng.integers(-40, 41, (2, k)).astype(np.float32)
+        x[:, 0::ags], x[:, 1::ags], x[:, 2::ags], x[:, 3::ags] = 127, 127, 0, 0
+    else:
+        x = (rng.standard_normal((2, k)) * scale).astype(np.float32)
+        if kind == "zero group":
+            g = rng.integers(0, k // ags)
+            x[:, g * ags:(g + 1) * ags] = 0
+    want = reference.build_lut(x, ags, bias_group, lut)
     for path in PATHS:
         table = np.empty_like(want[0])
         ls, lb = np.empty_like(want[1]), np.empty_like(want[2])
-        native.build_lut(x, table, ls, lb, 256, ags, 32, {"int8": 0, "float": 1}[lut], kernels._PATH_IDS[path])
+        native.build_lut(x, table, ls, lb, k, ags, bias_group, {"int8": 0, "float": 1}[lut], kernels._PATH_IDS[path])
         assert np.array_equal(table, want[0]) and np.array_equal(ls, want[1]) and np.array_equal(lb, want[2]), path
 
 
