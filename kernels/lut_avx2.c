@@ -60,50 +60,60 @@
 /* ---------------------------------------------------------------------------------------------
  * LUT build.  int8 mode only (float tables are an exact-check mode and use the scalar builder). */
 
-/* Eight tables' activations (32 floats from x) transposed in each 128-bit lane: q[i] holds activation i of tables
- * 0, 2, 4, 6 (low lane) and 1, 3, 5, 7 (high lane).  That order is the one in which a lane-wise unpack of two
- * byte vectors gives tables t | t+1, i.e. 32 contiguous bytes of the output. */
-static inline AVX2 void load_quads8(const float *x, __m256 q[4]) {
-    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16),
-                 v3 = _mm256_loadu_ps(x + 24);
+/* Four vectors of two tables each (one table's 4 activations per 128-bit lane) transposed in each lane: q[i] holds
+ * activation i of the lanes' tables, in the order v0, v1, v2, v3. */
+static inline AVX2 void transpose_quads(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 q[4]) {
     const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpacklo_ps(v2, v3);
     const __m256 t2 = _mm256_unpackhi_ps(v0, v1), t3 = _mm256_unpackhi_ps(v2, v3);
     q[0] = _mm256_shuffle_ps(t0, t1, 0x44), q[1] = _mm256_shuffle_ps(t0, t1, 0xEE);
     q[2] = _mm256_shuffle_ps(t2, t3, 0x44), q[3] = _mm256_shuffle_ps(t2, t3, 0xEE);
 }
 
-/* The largest of the 8 lanes (all are >= +0 and not NaN for finite input, so the order does not matter). */
-static inline AVX2 float hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
+/* Eight consecutive tables (32 floats from x) transposed: q[i] holds activation i of tables 0, 2, 4, 6 (low lane)
+ * and 1, 3, 5, 7 (high lane).  That order is the one in which a lane-wise unpack of two byte vectors gives tables
+ * t | t+1, i.e. 32 contiguous bytes of the output. */
+static inline AVX2 void load_quads8(const float *x, __m256 q[4]) {
+    transpose_quads(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8), _mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24), q);
 }
 
-/* LUT biases of 8 consecutive bias groups at once (lut_biases' loop with one group per lane): group u's tables
- * start at x + u*bias_group; each lane runs its group's sequential chain b = b - (((q0 + q1) + q2) + q3). */
-static inline AVX2 void biases8(const float *x, int64_t bias_group, float *lbias) {
+/* LUT biases of 8 consecutive bias groups at once (lut_build_passes' `biases`): lane u runs group u's chain
+ * b = b - (((q0 + q1) + q2) + q3), group u's tables starting at x + u*bias_group. */
+static AVX2 void biases8(const float *x, int64_t bias_group, float *lbias) {
     __m256 b = _mm256_setzero_ps();
     for (int64_t j = 0; j < bias_group / 4; ++j) {
         const float *q = x + 4 * j;
-        /* lanes: groups 0|4, 1|5, 2|6, 3|7, then transposed so that lane u of s is group u */
-        const __m256 v0 = _mm256_loadu2_m128(q + 4 * bias_group, q), v1 = _mm256_loadu2_m128(q + 5 * bias_group, q + bias_group);
-        const __m256 v2 = _mm256_loadu2_m128(q + 6 * bias_group, q + 2 * bias_group),
-                     v3 = _mm256_loadu2_m128(q + 7 * bias_group, q + 3 * bias_group);
-        const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpacklo_ps(v2, v3);
-        const __m256 t2 = _mm256_unpackhi_ps(v0, v1), t3 = _mm256_unpackhi_ps(v2, v3);
-        const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_shuffle_ps(t0, t1, 0x44),
-                                                                   _mm256_shuffle_ps(t0, t1, 0xEE)),
-                                                     _mm256_shuffle_ps(t2, t3, 0x44)),
-                                       _mm256_shuffle_ps(t2, t3, 0xEE));
-        b = _mm256_sub_ps(b, s);
+        __m256 v[4]; /* activation i of groups 0..7 */
+        transpose_quads(_mm256_loadu2_m128(q + 4 * bias_group, q),
+                        _mm256_loadu2_m128(q + 5 * bias_group, q + bias_group),
+                        _mm256_loadu2_m128(q + 6 * bias_group, q + 2 * bias_group),
+                        _mm256_loadu2_m128(q + 7 * bias_group, q + 3 * bias_group), v);
+        b = _mm256_sub_ps(b, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), v[2]), v[3]));
     }
     _mm256_storeu_ps(lbias, b);
 }
 
+/* The largest |x0|+|x1|+|x2|+|x3| (summed in that order) of n tables, n a multiple of 8 (lut_build_passes' `amax`).
+ * All sums are >= +0 and not NaN for finite input, so the order of the maxima does not matter. */
+static AVX2 float amax_avx2(const float *x, int64_t n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j += 8) {
+        __m256 q[4];
+        load_quads8(x + 4 * j, q);
+        const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_and_ps(q[0], absmask),
+                                                                   _mm256_and_ps(q[1], absmask)),
+                                                     _mm256_and_ps(q[2], absmask)),
+                                       _mm256_and_ps(q[3], absmask));
+        vmax = _mm256_max_ps(vmax, a);
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
 /* Eight tables (x: their 32 activations, t: their 8*16 bytes) quantised with the reciprocal scale vr.  The odd
  * entries c = 2c'+1 are ((x0 +- x1) +- x2) +- x3 with + where bit 0, 1, 2 of c' is set; the prefixes are shared
- * (14 additions for 64 entries), each entry rounded exactly as in the per-table code. */
+ * (14 additions for 64 entries), each entry rounded as in the scalar build. */
 static inline AVX2 void tables8(const float *x, __m256 vr, int8_t *t) {
     __m256 q[4];
     load_quads8(x, q);
@@ -124,7 +134,7 @@ static inline AVX2 void tables8(const float *x, __m256 vr, int8_t *t) {
     const __m256i lt = _mm256_shuffle_epi8(lo, by_table), ht = _mm256_shuffle_epi8(hi, by_table);
     /* the 8 odd entries of tables 0, 2 | 1, 3 and of 4, 6 | 5, 7 */
     const __m256i oa = _mm256_unpacklo_epi32(lt, ht), ob = _mm256_unpackhi_epi32(lt, ht);
-    /* entry 2i = -odd[7-i] (the mirror, negated after saturation as in the per-table code), entry 2i+1 = odd[i] */
+    /* entry 2i = -odd[7-i] (the mirror, negated after saturation as in the scalar build), entry 2i+1 = odd[i] */
     const __m256i rev = _mm256_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8,
                                          7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
     const __m256i na = _mm256_shuffle_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), oa), rev);
@@ -135,42 +145,19 @@ static inline AVX2 void tables8(const float *x, __m256 vr, int8_t *t) {
     _mm256_storeu_si256((__m256i *)(t + 96), _mm256_unpackhi_epi8(nb, ob)); /* tables 6 | 7 */
 }
 
-/* The int8 build eight tables at a time, in three passes: the biases (eight bias groups per vector), every act
- * group's scale, then the tables.  Separate passes let the scales' divisions overlap the table arithmetic
- * instead of stalling it once per act group.  Measured on the EPYC (K = 14336, act group 64, C harness, alternated
- * with the per-table build it replaces: 4 broadcasts, 3 sign flips and 3 additions per table, the scale computed
- * between each act group's tables): 2.5x faster (5.6-7.2 us against 14.2-18.1), of which the biases, a scalar
- * chain before, 1 us against 5.  It needs act groups of whole multiples of 8 tables: a whole-K act group with K
- * not a multiple of 32 (only for kfactor < 8) takes the scalar build. */
+/* n tables (a multiple of 8) with the reciprocal scale r (lut_build_passes' `tables`). */
+static AVX2 void tables_avx2(const float *x, int64_t n, float r, int8_t *t) {
+    const __m256 vr = _mm256_set1_ps(r);
+    for (int64_t j = 0; j < n; j += 8) tables8(x + 4 * j, vr, t + 16 * j);
+}
+
+/* Eight tables per vector (lut_build_passes).  Measured on the EPYC (K = 14336, act group 64, C harness, alternated
+ * with the per-table build it replaced: 4 broadcasts, 3 sign flips and 3 additions per table, the scale computed
+ * between each act group's tables, the biases a scalar chain): 2.5x faster (5.6-7.2 us against 14.2-18.1), the
+ * biases 1 us of it against 5. */
 AVX2 void lut_build_avx2(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table,
                          float *lscale, float *lbias) {
-    if (mode != LUT_INT8 || ags % 32) {
-        lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
-        return;
-    }
-    int8_t *t = (int8_t *)table;
-    const int64_t nbias = k / bias_group, nag = k / ags;
-    int64_t g = 0;
-    for (; g + 8 <= nbias; g += 8) biases8(x + g * bias_group, bias_group, lbias + g);
-    if (g < nbias) lut_biases(x + g * bias_group, k - g * bias_group, bias_group, lbias + g);
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (g = 0; g < nag; ++g) {
-        __m256 vmax = _mm256_setzero_ps();
-        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 8) {
-            __m256 q[4];
-            load_quads8(x + 4 * j, q);
-            const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_and_ps(q[0], absmask),
-                                                                       _mm256_and_ps(q[1], absmask)),
-                                                         _mm256_and_ps(q[2], absmask)),
-                                           _mm256_and_ps(q[3], absmask));
-            vmax = _mm256_max_ps(vmax, a);
-        }
-        lscale[g] = hmax8(vmax) / 127.0f;
-    }
-    for (g = 0; g < nag; ++g) {
-        const __m256 vr = _mm256_set1_ps(lut_reciprocal(lscale[g]));
-        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 8) tables8(x + 4 * j, vr, t + 16 * j);
-    }
+    lut_build_passes(x, k, ags, bias_group, mode, table, lscale, lbias, 8, biases8, amax_avx2, tables_avx2);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -161,6 +161,34 @@ static inline float lut_reciprocal(float scale) {
     return (r - r == 0.0f) ? r : 0.0f; /* r - r is NaN for an infinity */
 }
 
+/* The vectorised int8 table build of the SIMD paths (lut_build_avx2, lut_build_neon), in three passes: the biases,
+ * `width` bias groups per call of `biases` (each lane its group's sequential chain, as lut_biases; the groups left
+ * over by lut_biases itself); every act group's scale, amax/127 with `amax` the largest |x0|+|x1|+|x2|+|x3| of the
+ * group's tables; then the tables of each act group from its reciprocal scale.  Separate passes let the scales'
+ * divisions overlap the table arithmetic instead of stalling it once per act group.  The path functions work on
+ * whole vectors of `width` tables, so act groups of other sizes (and float tables) take lut_build_scalar; every
+ * value is the scalar build's, computed with its operations in its order. */
+typedef void (*lut_biases_block_fn)(const float *x, int64_t bias_group, float *lbias);
+typedef float (*lut_amax_fn)(const float *x, int64_t ntables);
+typedef void (*lut_tables_fn)(const float *x, int64_t ntables, float r, int8_t *t);
+static inline __attribute__((always_inline)) void lut_build_passes(const float *x, int64_t k, int64_t ags,
+                                                                   int64_t bias_group, int mode, void *table,
+                                                                   float *lscale, float *lbias, int64_t width,
+                                                                   lut_biases_block_fn biases, lut_amax_fn amax,
+                                                                   lut_tables_fn tables) {
+    if (mode != LUT_INT8 || ags % (4 * width)) {
+        lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
+        return;
+    }
+    const int64_t nbias = k / bias_group, nag = k / ags;
+    int64_t g = 0;
+    for (; g + width <= nbias; g += width) biases(x + g * bias_group, bias_group, lbias + g);
+    if (g < nbias) lut_biases(x + g * bias_group, k - g * bias_group, bias_group, lbias + g);
+    for (g = 0; g < nag; ++g) lscale[g] = amax(x + g * ags, ags / 4) / 127.0f;
+    for (g = 0; g < nag; ++g) /* act group g's tables start at table g*ags/4, 16 bytes each */
+        tables(x + g * ags, ags / 4, lut_reciprocal(lscale[g]), (int8_t *)table + 4 * g * ags);
+}
+
 /* 32-row blocks per super-block: the fewest whole blocks that hold whole outputs (all b bit-planes of each), so
  * that the planes can be combined in integers before the float stage: 32*n rows = 32*n/b outputs.  One block
  * for 1, 2 and 4 bits, three for 3 bits (bm is a multiple of 96 then). */

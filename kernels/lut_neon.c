@@ -20,12 +20,12 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------------------------------------
- * LUT build (int8 tables; float tables and act groups of other than whole multiples of 4 tables take the scalar
- * build).  Every value is computed with the scalar build's operations in its order. */
+ * LUT build: lut_build_passes with four tables per vector.  Every value is the scalar build's, computed with its
+ * operations in its order. */
 
-/* LUT biases of 4 consecutive bias groups at once, one group per lane, each lane its group's sequential chain
- * b = b - (((q0 + q1) + q2) + q3) (lut_biases). */
-static inline void biases4(const float *x, int64_t bias_group, float *lbias) {
+/* LUT biases of 4 consecutive bias groups at once (lut_build_passes' `biases`): lane u runs group u's chain
+ * b = b - (((q0 + q1) + q2) + q3), group u's tables starting at x + u*bias_group. */
+static void biases4(const float *x, int64_t bias_group, float *lbias) {
     float32x4_t b = vdupq_n_f32(0.0f);
     for (int64_t j = 0; j < bias_group / 4; ++j) {
         const float *q = x + 4 * j;
@@ -38,6 +38,19 @@ static inline void biases4(const float *x, int64_t bias_group, float *lbias) {
         b = vsubq_f32(b, vaddq_f32(vaddq_f32(vaddq_f32(q0, q1), q2), q3));
     }
     vst1q_f32(lbias, b);
+}
+
+/* The largest |x0|+|x1|+|x2|+|x3| (summed in that order) of n tables, n a multiple of 4 (lut_build_passes'
+ * `amax`).  All sums are >= +0 and not NaN for finite input, so the order of the maxima does not matter. */
+static float amax_neon(const float *x, int64_t n) {
+    float32x4_t vmax = vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < n; j += 4) {
+        const float32x4x4_t q = vld4q_f32(x + 4 * j); /* q.val[i]: activation i of tables j..j+3 */
+        const float32x4_t a = vaddq_f32(vaddq_f32(vaddq_f32(vabsq_f32(q.val[0]), vabsq_f32(q.val[1])),
+                                                  vabsq_f32(q.val[2])), vabsq_f32(q.val[3]));
+        vmax = vmaxq_f32(vmax, a);
+    }
+    return vmaxvq_f32(vmax);
 }
 
 /* Four tables (x: their 16 activations, t: their 4*16 bytes) quantised with the reciprocal scale r.  The odd
@@ -67,32 +80,15 @@ static inline void tables4(const float *x, float32x4_t r, int8_t *t) {
         vst1q_s8(t + 16 * i, vqtbl4q_s8(e, vaddq_u8(idx, vdupq_n_u8((uint8_t)i))));
 }
 
+/* n tables (a multiple of 4) with the reciprocal scale r (lut_build_passes' `tables`). */
+static void tables_neon(const float *x, int64_t n, float r, int8_t *t) {
+    const float32x4_t vr = vdupq_n_f32(r);
+    for (int64_t j = 0; j < n; j += 4) tables4(x + 4 * j, vr, t + 16 * j);
+}
+
 void lut_build_neon(const float *x, int64_t k, int64_t ags, int64_t bias_group, int mode, void *table, float *lscale,
                     float *lbias) {
-    if (mode != LUT_INT8 || ags % 16) {
-        lut_build_scalar(x, k, ags, bias_group, mode, table, lscale, lbias);
-        return;
-    }
-    int8_t *t = (int8_t *)table;
-    const int64_t nbias = k / bias_group, nag = k / ags;
-    int64_t g = 0;
-    for (; g + 4 <= nbias; g += 4) biases4(x + g * bias_group, bias_group, lbias + g);
-    if (g < nbias) lut_biases(x + g * bias_group, k - g * bias_group, bias_group, lbias + g);
-    /* every act group's scale first, so that its divisions overlap the tables' arithmetic */
-    for (g = 0; g < nag; ++g) {
-        float32x4_t vmax = vdupq_n_f32(0.0f);
-        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 4) {
-            const float32x4x4_t q = vld4q_f32(x + 4 * j);
-            const float32x4_t a = vaddq_f32(vaddq_f32(vaddq_f32(vabsq_f32(q.val[0]), vabsq_f32(q.val[1])),
-                                                      vabsq_f32(q.val[2])), vabsq_f32(q.val[3]));
-            vmax = vmaxq_f32(vmax, a);
-        }
-        lscale[g] = vmaxvq_f32(vmax) / 127.0f; /* all lanes >= +0: the order of the maxima does not matter */
-    }
-    for (g = 0; g < nag; ++g) {
-        const float32x4_t r = vdupq_n_f32(lut_reciprocal(lscale[g]));
-        for (int64_t j = g * ags / 4; j < (g + 1) * ags / 4; j += 4) tables4(x + 4 * j, r, t + 16 * j);
-    }
+    lut_build_passes(x, k, ags, bias_group, mode, table, lscale, lbias, 4, biases4, amax_neon, tables_neon);
 }
 
 /* Row sums of one sub-group of n tables for the 32 rows of a block, in int16: s[q] = rows 8q..8q+7. */
