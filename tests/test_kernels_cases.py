@@ -44,8 +44,8 @@ def golden_cases() -> list[tuple[str, Case]]:
 
 
 def admissible_ags(k: int, kfactor: int) -> list[int]:
-    """Activation group sizes the tiles admit: 32 and 64 where they divide 4·kfactor and K, and K itself."""
-    return [a for a in (32, 64) if k % a == 0 and (4 * kfactor) % a == 0 and a != k] + [k]
+    """Activation group sizes the tiles admit: 32, 64 and 128 where they divide 4·kfactor and K, and K itself."""
+    return [a for a in (32, 64, 128) if k % a == 0 and (4 * kfactor) % a == 0 and a != k] + [k]
 
 
 def make_case(rng: np.random.Generator, bits: int, m0: int, k: int, bm: int, kfactor: int, gs: int, zp: bool,

@@ -74,10 +74,9 @@ def test_native_meets_the_float64_bars(path):
         assert nmse(kernels.gemm(case.blob, x, **case.kw, lut="int8", path=path), ref) < 3e-4
 
 
-# (K, kfactor, act group) triples the kernels admit: K % (4 kfactor) == 0, and an act group of a multiple of 32
-# that divides K and 4 kfactor, or the whole K
+# (K, kfactor, act group) triples the kernels admit (K % (4 kfactor) == 0)
 BUILD_SHAPES = [(k, kf, ags) for k in (100, 256, 1056, 2048) for kf in (1, 8, 16, 32) if k % (4 * kf) == 0
-                for ags in (32, 64, 128, k) if k % ags == 0 and (ags == k or (ags % 32 == 0 and (4 * kf) % ags == 0))]
+                for ags in admissible_ags(k, kf)]
 
 
 @settings(max_examples=200)  # cheap examples, many combinations
